@@ -1,0 +1,318 @@
+"""HTTP client for Qianfan's fine-tuning v2 management API.
+
+One pooled session, a shared requests-per-second cap, bounded retries with jittered exponential backoff (honouring
+``Retry-After``), typed errors, and generators that walk every page of the list actions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from . import auth
+from .errors import ApiError, AuthError, ConfigError, TransportError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://qianfan.baidubce.com"
+API_PATH = "/v2/finetuning"
+DEFAULT_RPS = 10.0
+PAGE_SIZE = 100  # the documented maximum of maxKeys
+MAX_PAGES = 100_000
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"Credentials(access_key={self.access_key!r}, secret_key=***)"
+
+
+def read_dotenv(path: str | Path = ".env") -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines (optionally ``export``-prefixed and quoted) from a ``.env`` file, if present."""
+    env_path = Path(path)
+    if not env_path.is_file():
+        return {}
+    mode = env_path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("%s is readable by other users; restrict it with: chmod 600 %s", env_path, env_path)
+    values: dict[str, str] = {}
+    for line in env_path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def settings(environ: Mapping[str, str] | None = None, dotenv: str | Path = ".env") -> dict[str, str]:
+    """The process environment over the ``.env`` file: where every ftlog setting is read from."""
+    merged = read_dotenv(dotenv)
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def load_credentials(environ: Mapping[str, str] | None = None) -> Credentials:
+    env = settings(environ)
+    access_key = env.get("QIANFAN_ACCESS_KEY", "").strip()
+    secret_key = env.get("QIANFAN_SECRET_KEY", "").strip()
+    if not access_key or not secret_key:
+        raise ConfigError(
+            "no Qianfan credentials: set QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY in the environment or in .env"
+        )
+    return Credentials(access_key, secret_key)
+
+
+def base_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    return settings(environ).get("QIANFAN_CONSOLE_API_BASE_URL") or DEFAULT_BASE_URL
+
+
+class RateLimiter:
+    """Space requests at least ``1/rps`` seconds apart, across every thread that shares this limiter."""
+
+    def __init__(self, rps: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rps <= 0:
+            raise ConfigError(f"requests per second must be positive, got {rps}")
+        self.interval = 1.0 / rps
+        self._clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 5  # total tries of one call
+    backoff: float = 0.5  # first backoff, doubled each retry, full jitter
+    max_backoff: float = 20.0
+    total: float = 120.0  # seconds one call may take, retries and waits included
+
+
+@dataclass
+class Answer:
+    result: Any
+    request_id: str | None
+    status: int
+
+
+class QianfanClient:
+    """Calls ``POST {base_url}/v2/finetuning?Action=...`` signed with bce-auth-v1.
+
+    >>> client = QianfanClient(Credentials("ak", "sk"), base_url="http://127.0.0.1:8080")  # doctest: +SKIP
+    >>> client.describe_task("task-0tgmn4a7h4i6").result["runStatus"]  # doctest: +SKIP
+    'Running'
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        rps: float = DEFAULT_RPS,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 16,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urlsplit(base_url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"invalid API base URL {base_url!r}: expected http(s)://host[:port]")
+        self.credentials = credentials
+        self.base_url = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        self._host = parts.netloc
+        self._path = parts.path + API_PATH
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.limiter = RateLimiter(rps)
+        self._sleep = sleep
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def __repr__(self) -> str:
+        return f"QianfanClient(base_url={self.base_url!r}, access_key={self.credentials.access_key!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> QianfanClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one call ---------------------------------------------------------------------------------------------
+    def _sign(self, action: str, body: bytes) -> dict[str, str]:
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        headers = {
+            "Host": self._host,
+            "Content-Type": "application/json",
+            "x-bce-date": now.strftime(auth.TIME_FORMAT),
+        }
+        headers["Authorization"] = auth.sign(
+            self.credentials.access_key,
+            self.credentials.secret_key,
+            "POST",
+            self._path,
+            [("Action", action)],
+            headers,
+            timestamp=now,
+            signed_headers=["content-type", "host", "x-bce-date"],
+        )
+        return headers
+
+    def call(self, action: str, body: Mapping[str, Any]) -> Answer:
+        """One API call with retries. Raises :class:`ApiError` (or a subclass) when it cannot succeed."""
+        payload = json.dumps(body, ensure_ascii=False).encode()
+        url = f"{self.base_url}{API_PATH}"
+        deadline = time.monotonic() + self.retry.total
+        for attempt in range(1, self.retry.attempts + 1):
+            error, wait = self._attempt(action, url, payload)
+            if isinstance(error, Answer):
+                return error
+            remaining = deadline - time.monotonic()
+            if not error.retryable or attempt == self.retry.attempts:
+                raise error
+            if wait is None:
+                wait = random.uniform(0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1)))
+            if wait > remaining:
+                raise error
+            log.info("%s failed (%s); retry %d in %.2fs", action, error.message, attempt, wait)
+            self._sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, action: str, url: str, payload: bytes) -> tuple[Answer | ApiError, float | None]:
+        self.limiter.wait()
+        try:
+            response = self.session.post(
+                url,
+                params={"Action": action},
+                data=payload,
+                headers=self._sign(action, payload),
+                timeout=(min(10.0, self.timeout), self.timeout),
+            )
+        except requests.Timeout:
+            return TransportError(f"{action}: no answer from {self.base_url} within {self.timeout:g}s"), None
+        except requests.RequestException as exc:
+            return TransportError(f"{action}: cannot reach {self.base_url} ({type(exc).__name__})"), None
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        headers = dict(response.headers)
+        if response.status_code == 200 and isinstance(body, dict) and "result" in body:
+            request_id = body.get("requestId") or response.headers.get("x-bce-request-id")
+            return Answer(body["result"], str(request_id) if request_id else None, 200), None
+        if response.status_code == 200:
+            # A 200 without the success envelope: an error envelope, or something that is not the API at all.
+            status = 502 if not isinstance(body, dict) else 200
+            error = ApiError.from_response(status, body, headers, action)
+            if isinstance(body, dict) and error.code is None:
+                error = ApiError(f"{action}: answer has no 'result' field", status=200, request_id=error.request_id)
+            return error, None
+        return ApiError.from_response(response.status_code, body, headers, action), _retry_after(headers)
+
+    # -- actions ----------------------------------------------------------------------------------------------
+    def describe_task(self, task_id: str) -> Answer:
+        answer = self.call("DescribeFineTuningTask", {"taskId": task_id})
+        if not isinstance(answer.result, dict):
+            raise ApiError(
+                f"DescribeFineTuningTask: result for {task_id} is {type(answer.result).__name__}, not an object",
+                status=answer.status,
+                request_id=answer.request_id,
+            )
+        return answer
+
+    def iter_jobs(self) -> Iterator[dict[str, Any]]:
+        """Every job of the account, walking all pages."""
+        yield from self._paginate("DescribeFineTuningJobs", {}, "jobList", "jobId")
+
+    def iter_tasks(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Every task of one job, walking all pages."""
+        yield from self._paginate("DescribeFineTuningTasks", {"jobId": job_id}, "taskList", "taskId")
+
+    def _paginate(self, action: str, body: dict[str, Any], list_key: str, id_key: str) -> Iterator[dict[str, Any]]:
+        seen_markers: set[str] = set()
+        seen_ids: set[str] = set()
+        marker: str | None = None
+        for _ in range(MAX_PAGES):
+            request = {**body, "maxKeys": PAGE_SIZE}
+            if marker:
+                request["marker"] = marker
+            result = self.call(action, request).result
+            if not isinstance(result, dict):
+                raise ApiError(f"{action}: result is {type(result).__name__}, not an object")
+            items = result.get(list_key) or []
+            if not isinstance(items, list):
+                raise ApiError(f"{action}: '{list_key}' is {type(items).__name__}, not a list")
+            for item in items:
+                item_id = item.get(id_key) if isinstance(item, dict) else None
+                if isinstance(item_id, str) and item_id not in seen_ids:
+                    seen_ids.add(item_id)
+                    yield item
+            page = result.get("pageInfo")
+            page = page if isinstance(page, dict) else {}
+            next_marker = page.get("nextMarker")
+            truncated = page.get("isTruncated")
+            more = bool(truncated) if truncated is not None else bool(next_marker)
+            if not more or not isinstance(next_marker, str) or not next_marker:
+                return
+            if next_marker in seen_markers:
+                log.warning("%s: the server repeated marker %r; stopping pagination there", action, next_marker)
+                return
+            seen_markers.add(next_marker)
+            marker = next_marker
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+__all__ = [
+    "Answer",
+    "AuthError",
+    "Credentials",
+    "QianfanClient",
+    "RateLimiter",
+    "RetryPolicy",
+    "load_credentials",
+]

@@ -1,0 +1,250 @@
+"""Collection: discover tasks, describe them concurrently under the rate cap, store only what changed.
+
+A round writes at most one file per table (per UTC date), then the collector state, then compacts closed
+partitions. Every describe attempt becomes a ``polls`` row, failures included.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .client import QianfanClient
+from .errors import ApiError, AuthError, FtlogError, TransportError
+from .schema import TERMINAL_STATUSES, normalise
+from .store import Dataset, TaskState, same_value
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 8
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Selection:
+    """What to collect: named tasks, every task of named jobs, or every task of every job."""
+
+    task_ids: tuple[str, ...] = ()
+    job_ids: tuple[str, ...] = ()
+    all_jobs: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.task_ids or self.job_ids or self.all_jobs):
+            raise FtlogError("nothing to collect: name task ids, use --job JOB_ID, or --all")
+
+
+@dataclass
+class RoundResult:
+    tasks: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    errors: int = 0
+    new_checkpoints: int = 0
+    seconds: float = 0.0
+    statuses: dict[str, str | None] = field(default_factory=dict)
+    failures: list[ApiError] = field(default_factory=list)
+    discovery_errors: list[ApiError] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def all_terminal(self) -> bool:
+        return bool(self.statuses) and all(s in TERMINAL_STATUSES for s in self.statuses.values())
+
+    def summary(self) -> str:
+        text = (
+            f"{self.tasks} tasks: {self.changed} changed, {self.unchanged} unchanged, {self.errors} errors, "
+            f"{self.new_checkpoints} new checkpoints in {self.seconds:.1f}s"
+        )
+        return text + (" (interrupted)" if self.interrupted else "")
+
+
+def discover(client: QianfanClient, selection: Selection, result: RoundResult) -> list[str]:
+    """Task ids of the selection, in a stable order, without duplicates. Listing errors of single jobs are
+    recorded in ``result.discovery_errors``; credential and connection errors propagate."""
+    task_ids = dict.fromkeys(selection.task_ids)
+    job_ids = list(selection.job_ids)
+    if selection.all_jobs:
+        job_ids += [job["jobId"] for job in client.iter_jobs()]
+    for job_id in dict.fromkeys(job_ids):
+        try:
+            for task in client.iter_tasks(job_id):
+                task_ids.setdefault(task["taskId"])
+        except (AuthError, TransportError):
+            raise
+        except ApiError as exc:
+            log.warning("cannot list the tasks of %s: %s", job_id, exc.message)
+            result.discovery_errors.append(exc)
+    return list(task_ids)
+
+
+def collect_round(
+    client: QianfanClient,
+    dataset: Dataset,
+    selection: Selection,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    now: Callable[[], datetime] = utcnow,
+    stop: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+    compact: bool = True,
+) -> RoundResult:
+    """Describe every selected task once and append what changed. Raises only when nothing could be done
+    (credentials rejected, API unreachable); per-task failures are counted and stored in ``polls``."""
+    started = time.monotonic()
+    result = RoundResult()
+    task_ids = discover(client, selection, result)
+    result.tasks = len(task_ids)
+    state = dataset.load_state()
+    snapshots: list[dict[str, Any]] = []
+    checkpoints: list[dict[str, Any]] = []
+    polls: list[dict[str, Any]] = []
+    changes: dict[str, TaskState] = {}
+
+    for task_id, outcome, elapsed in _describe_all(client, task_ids, concurrency, stop, progress):
+        polled_at = now()
+        poll: dict[str, Any] = {"poll_id": uuid.uuid4().hex, "task_id": task_id, "polled_at": polled_at,
+                                "elapsed_ms": elapsed * 1000}  # fmt: skip
+        polls.append(poll)
+        if isinstance(outcome, ApiError):
+            result.errors += 1
+            result.failures.append(outcome)
+            result.statuses[task_id] = state[task_id].run_status if task_id in state else None
+            poll.update(outcome="error", http_status=outcome.status, error_code=outcome.code,
+                        error_message=outcome.message, request_id=outcome.request_id)  # fmt: skip
+            continue
+        answer = outcome
+        row = normalise(task_id, answer.result, polled_at, answer.request_id)
+        snapshot = row.snapshot
+        snapshot["task_id"] = task_id
+        previous = state.get(task_id)
+        known = dict(previous.checkpoints) if previous else {}
+        new_points = _new_checkpoints(row.checkpoints, known)
+        for point in new_points:
+            known[point["step"]] = (point["perplexity"], point["training_loss"])
+            checkpoints.append({"task_id": task_id, **point, "observed_at": polled_at})
+        result.new_checkpoints += len(new_points)
+        changed = previous is None or previous.state_hash != snapshot["state_hash"]
+        if changed:
+            snapshots.append(snapshot)
+            result.changed += 1
+        else:
+            result.unchanged += 1
+        result.statuses[task_id] = snapshot["run_status"]
+        if changed or new_points:
+            changes[task_id] = TaskState(
+                snapshot["state_hash"], snapshot["run_status"], snapshot["run_progress"], polled_at, known
+            )
+        poll.update(outcome="changed" if changed else "unchanged", http_status=answer.status,
+                    request_id=answer.request_id)  # fmt: skip
+    result.interrupted = bool(stop and stop.is_set())
+
+    # Data before polls before state: a crash in between leaves rows the views de-duplicate, never a gap.
+    write_time = now()
+    dataset.append("snapshots", snapshots, write_time)
+    dataset.append("checkpoints", checkpoints, write_time)
+    dataset.append("polls", polls, write_time)
+    if changes:
+        dataset.save_state(changes)
+    if compact:
+        dataset.compact(write_time)
+    result.seconds = time.monotonic() - started
+    _raise_if_nothing_worked(result)
+    return result
+
+
+def _new_checkpoints(
+    points: list[dict[str, Any]], known: dict[int, tuple[float | None, float | None]]
+) -> list[dict[str, Any]]:
+    """Checkpoints never stored, or whose value changed; a step repeated within one answer counts once (last)."""
+    latest = {point["step"]: point for point in points}
+    fresh = []
+    for step, point in sorted(latest.items()):
+        old = known.get(step)
+        if old is None or not (same_value(old[0], point["perplexity"]) and same_value(old[1], point["training_loss"])):
+            fresh.append(point)
+    return fresh
+
+
+def _describe_all(
+    client: QianfanClient,
+    task_ids: list[str],
+    concurrency: int,
+    stop: threading.Event | None,
+    progress: Callable[[int], None] | None,
+) -> Iterator[tuple[str, Any, float]]:
+    """Yield ``(task_id, Answer | ApiError, seconds)`` as describes finish, with at most ``concurrency`` in
+    flight (so memory stays bounded however many tasks there are). Stops submitting once ``stop`` is set."""
+
+    def describe(task_id: str) -> tuple[str, Any, float]:
+        began = time.monotonic()
+        try:
+            return task_id, client.describe_task(task_id), time.monotonic() - began
+        except ApiError as exc:
+            return task_id, exc, time.monotonic() - began
+
+    pending: set[Future[tuple[str, Any, float]]] = set()
+    queue: Iterable[str] = iter(task_ids)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ftlog-describe") as pool:
+        for task_id in queue:
+            if stop and stop.is_set():
+                break
+            pending.add(pool.submit(describe, task_id))
+            if len(pending) >= concurrency * 2:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+                    if progress:
+                        progress(1)
+        for future in pending:
+            yield future.result()
+            if progress:
+                progress(1)
+
+
+def _raise_if_nothing_worked(result: RoundResult) -> None:
+    """A round in which every describe failed is an error (exit 1), after its polls were stored."""
+    if result.tasks and result.errors == result.tasks:
+        first = result.failures[0]
+        auth = next((f for f in result.failures if isinstance(f, AuthError)), None)
+        raise (auth or first).__class__(
+            f"no task could be described ({result.errors} failed); first error: {(auth or first).message}",
+            status=(auth or first).status,
+            code=(auth or first).code,
+        )
+
+
+def watch(
+    round_once: Callable[[], RoundResult],
+    *,
+    interval: float,
+    until_done: bool,
+    stop: threading.Event,
+    on_round: Callable[[RoundResult], None] = lambda r: None,
+    on_error: Callable[[FtlogError], None] = lambda e: None,
+) -> RoundResult | None:
+    """Run rounds every ``interval`` seconds until ``stop`` is set or, with ``until_done``, every selected task is
+    terminal. A round that fails as a whole is reported and retried at the next interval."""
+    last: RoundResult | None = None
+    while not stop.is_set():
+        began = time.monotonic()
+        try:
+            last = round_once()
+            on_round(last)
+            if until_done and last.all_terminal:
+                break
+        except FtlogError as exc:
+            on_error(exc)
+            if isinstance(exc, AuthError):
+                raise
+        stop.wait(max(0.0, interval - (time.monotonic() - began)))
+    return last

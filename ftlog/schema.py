@@ -1,0 +1,206 @@
+"""API payload -> typed rows, and the declared pyarrow schemas of every table.
+
+Normalisation never raises: a value of the wrong type becomes NULL while the raw JSON keeps what was received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
+METRIC_COLUMNS = {"BLEU-4": "bleu_4", "ROUGE-1": "rouge_1", "ROUGE-2": "rouge_2", "ROUGE-L": "rouge_l"}
+STRING_FIELDS = {
+    "job_id": "jobId",
+    "job_name": "jobName",
+    "job_description": "jobDescription",
+    "model": "model",
+    "train_mode": "trainMode",
+    "parameter_scale": "parameterScale",
+    "run_status": "runStatus",
+    "vdl_link": "vdlLink",
+    "error_message": "errorMessage",
+}
+
+SNAPSHOTS = pa.schema(
+    [
+        ("task_id", pa.string()),
+        ("job_id", pa.string()),
+        ("job_name", pa.string()),
+        ("job_description", pa.string()),
+        ("model", pa.string()),
+        ("train_mode", pa.string()),
+        ("parameter_scale", pa.string()),
+        ("run_status", pa.string()),
+        ("run_progress", pa.float64()),
+        ("vdl_link", pa.string()),
+        ("create_time", TS),
+        ("finish_time", TS),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+        ("bleu_4", pa.float64()),
+        ("rouge_1", pa.float64()),
+        ("rouge_2", pa.float64()),
+        ("rouge_l", pa.float64()),
+        ("metrics", pa.list_(pa.struct([("metric", pa.string()), ("value", pa.float64())]))),
+        ("checkpoint_count", pa.int32()),
+        ("observed_at", TS),
+        ("request_id", pa.string()),
+        ("state_hash", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+CHECKPOINTS = pa.schema(
+    [
+        ("task_id", pa.string()),
+        ("step", pa.int64()),
+        ("perplexity", pa.float64()),
+        ("training_loss", pa.float64()),
+        ("observed_at", TS),
+    ]
+)
+POLLS = pa.schema(
+    [
+        ("poll_id", pa.string()),
+        ("task_id", pa.string()),
+        ("polled_at", TS),
+        ("outcome", pa.string()),
+        ("http_status", pa.int32()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+        ("request_id", pa.string()),
+        ("elapsed_ms", pa.float64()),
+    ]
+)
+TABLES: dict[str, pa.Schema] = {"snapshots": SNAPSHOTS, "checkpoints": CHECKPOINTS, "polls": POLLS}
+TIME_COLUMNS = {"snapshots": "observed_at", "checkpoints": "observed_at", "polls": "polled_at"}
+
+_NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*%?\s*$")
+_ZERO_TIMES = {"0000-00-00T00:00:00Z", "0000-00-00 00:00:00", "0000-00-00T00:00:00", "0000-00-00"}
+
+
+def as_number(value: Any) -> float | None:
+    """``"99%"`` -> 99.0, ``"16.56%"`` -> 16.56, ``"43.07"`` -> 43.07, ``7`` -> 7.0; anything else -> None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and (match := _NUMBER.match(value)):
+        number = float(match.group(1))
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def as_time(value: Any) -> datetime | None:
+    """ISO-8601 UTC text (``Z``, an offset, or naive meaning UTC) -> aware datetime; the zero sentinel -> None."""
+    if not isinstance(value, str) or not value.strip() or value.strip() in _ZERO_TIMES:
+        return None
+    text = value.strip().replace(" ", "T", 1)
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def as_text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value != "" else None
+
+
+def _as_step(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    """Checkpoint values keep NaN and inf: they are what a diverging run reports, and health checks flag them."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _first(result: dict[str, Any], *keys: str) -> Any:
+    return next((result[key] for key in keys if key in result), None)
+
+
+@dataclass
+class Normalised:
+    snapshot: dict[str, Any]
+    checkpoints: list[dict[str, Any]]  # every well-formed entry of checkpointList, in the order received
+
+
+def parse_checkpoints(value: Any) -> tuple[list[dict[str, Any]], bool]:
+    """Return the well-formed checkpoints and whether the whole list was well formed."""
+    if not isinstance(value, list):
+        return [], value is None
+    rows = []
+    for item in value:
+        step = _as_step(item.get("step")) if isinstance(item, dict) else None
+        if step is None:
+            continue
+        rows.append(
+            {
+                "step": step,
+                "perplexity": _as_float(item.get("perplexity")),
+                "training_loss": _as_float(item.get("trainingLoss")),
+            }
+        )
+    return rows, len(rows) == len(value)
+
+
+def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, request_id: str | None) -> Normalised:
+    """One DescribeFineTuningTask result -> a snapshot row and its checkpoint rows. Never raises."""
+    checkpoints, clean = parse_checkpoints(result.get("checkpointList"))
+    # checkpointList lives in its own table; keep it in raw only when part of it could not be parsed.
+    kept = {k: v for k, v in result.items() if k != "checkpointList" or not clean}
+    raw = json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str)
+    row: dict[str, Any] = {"task_id": as_text(result.get("taskId")) or task_id}
+    for column, key in STRING_FIELDS.items():
+        row[column] = as_text(result.get(key))
+    row["run_progress"] = as_number(result.get("runProgress"))
+    row["create_time"] = as_time(_first(result, "createTime", "createDate"))
+    row["finish_time"] = as_time(_first(result, "finishTime", "finishDate"))
+    code = result.get("errorCode")
+    row["error_code"] = (
+        str(code) if isinstance(code, (int, str)) and not isinstance(code, bool) and code != "" else None
+    )
+    metrics = result.get("metrics")
+    pairs = [{"metric": str(k), "value": as_number(v)} for k, v in metrics.items()] if isinstance(metrics, dict) else []
+    for key, column in METRIC_COLUMNS.items():
+        row[column] = next((p["value"] for p in pairs if p["metric"] == key), None)
+    row["metrics"] = pairs or None
+    row["checkpoint_count"] = len(checkpoints)
+    row["state_hash"] = hashlib.sha1(  # noqa: S324 - a fingerprint for change detection, not security
+        f"{raw}|{len(checkpoints)}".encode()
+    ).hexdigest()
+    row["observed_at"] = observed_at
+    row["request_id"] = request_id
+    row["raw"] = raw
+    return Normalised(row, checkpoints)

@@ -1,0 +1,522 @@
+"""A Qianfan-compatible fine-tuning API server on loopback, for tests, the demo and trying ftlog offline.
+
+It serves DescribeFineTuningJobs, DescribeFineTuningTasks and DescribeFineTuningTask with the documented
+envelopes, verifies every bce-auth-v1 signature, and plays seeded task lifecycles shaped like real Qianfan runs:
+Waiting -> Running (1% -> 3% -> 34% -> a climb to 65% -> a long plateau -> 96% -> 99%) -> Done, Failed or Stopped.
+Time runs ``speed`` times faster than the wall clock; timestamps in answers are wall-clock UTC.
+
+>>> with Simulator(seed=1, speed=60) as sim:  # doctest: +SKIP
+...     print(sim.url, sim.access_key)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from . import auth
+from .errors import AuthError
+
+DEMO_ACCESS_KEY = "ftlog-demo-access-key"
+DEMO_SECRET_KEY = "ftlog-demo-secret-key"  # noqa: S105 - a published demo credential for the local simulator
+ZERO_TIME = "0000-00-00T00:00:00Z"
+TERMINAL = ("Done", "Failed", "Stopped")
+
+MODELS = {"ERNIE-3.5-8K": -0.06, "ERNIE-Speed-8K": 0.0, "ERNIE-Lite-8K": 0.08, "ERNIE-Tiny-8K": 0.16}
+TRAIN_MODES = {"SFT": 0.0, "DPO": 0.12, "KTO": 0.18, "PostPretrain": 0.55}
+SCALES = {"FullFineTuning": 0.22, "LoRA": 0.42, "PromptTuning": 0.78}
+FAILURES = [
+    (500001, "训练过程中出现内部错误, 请重试 (internal training error)"),
+    (400102, "数据集格式错误: 第 17 行缺少 response 字段 (dataset format error)"),
+    (500203, "GPU out of memory at step {step}; reduce maxSeqLen or batchSize"),
+]
+JOB_NAMES = [
+    "客服问答-{n}",
+    "sft-sweep-{n}",
+    "dpo-alignment-{n}",
+    "摘要生成实验 {n}",
+    "kto-feedback-{n}",
+    "pretrain-domain-{n}",
+]
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ident(prefix: str, rng: random.Random) -> str:
+    return prefix + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
+
+
+@dataclass
+class SimTask:
+    """One task's whole life, fixed at creation; :meth:`result` renders it at a moment."""
+
+    task_id: str
+    job: dict[str, Any]
+    parameter_scale: str
+    created: float  # epoch seconds
+    queue: float  # seconds spent Waiting
+    run: float  # seconds from Running to the end state, if it runs to completion
+    outcome: str  # Done, Failed or Stopped
+    end_fraction: float  # share of the run reached before a Failed/Stopped end (1.0 for Done)
+    total_steps: int
+    save_step: int
+    loss_floor: float
+    loss_start: float
+    noise_seed: int
+    error: tuple[int, str] | None = None
+    extra_metrics: bool = False
+    run_id: str = ""
+
+    def finished_at(self) -> float:
+        return self.created + self.queue + self.run * self.end_fraction
+
+    def curve(self, up_to_step: int) -> list[dict[str, Any]]:
+        rng = random.Random(self.noise_seed)
+        points = []
+        steps = [*range(self.save_step, self.total_steps + 1, self.save_step)]
+        if not steps or steps[-1] != self.total_steps:
+            steps.append(self.total_steps)
+        for step in steps:
+            decay = math.exp(-3.2 * step / self.total_steps)
+            loss = self.loss_floor + (self.loss_start - self.loss_floor) * decay + rng.gauss(0, 0.012)
+            loss = max(loss, 0.01)
+            perplexity = math.exp(loss) * (1 + rng.gauss(0, 0.004))
+            if step <= up_to_step:
+                points.append({"step": step, "perplexity": perplexity, "trainingLoss": loss})
+        return points
+
+    def metrics(self) -> dict[str, str]:
+        rng = random.Random(self.noise_seed + 1)
+        bleu = max(1.0, 78 - 52 * self.loss_floor + rng.gauss(0, 1.5))
+        values = {
+            "BLEU-4": bleu,
+            "ROUGE-1": min(99.0, bleu + 9 + rng.gauss(0, 1)),
+            "ROUGE-2": max(1.0, bleu - 14 + rng.gauss(0, 1)),
+            "ROUGE-L": min(99.0, bleu + 5 + rng.gauss(0, 1)),
+        }
+        metrics = {key: f"{value:.2f}%" for key, value in values.items()}
+        if self.extra_metrics:
+            metrics["EDIT-DISTANCE"] = f"{30 + 40 * self.loss_floor:.2f}"
+            metrics["EMBEDDING-DISTANCE"] = f"{0.02 + self.loss_floor / 20:.2f}"
+        return metrics
+
+    def result(self, now: float) -> dict[str, Any]:
+        job = self.job
+        base: dict[str, Any] = {
+            "taskId": self.task_id,
+            "jobId": job["jobId"],
+            "jobName": job["name"],
+            "jobDescription": job["description"],
+            "model": job["model"],
+            "trainMode": job["trainMode"],
+            "parameterScale": self.parameter_scale,
+            "createTime": _iso(self.created),
+            "finishTime": ZERO_TIME,
+        }
+        started = self.created + self.queue
+        if now < started:
+            return {**base, "runStatus": "Waiting", "checkpointList": []}
+        fraction = min((now - started) / self.run, self.end_fraction)
+        base["vdlLink"] = "https://console.bce.baidu.com/qianfan/visualdl/index?displayToken=" + self.run_id
+        trained = int(self.total_steps * min(1.0, max(0.0, (fraction - 0.12) / 0.43)))
+        if now >= self.finished_at() and self.outcome != "Done":
+            state = {**base, "runStatus": self.outcome, "checkpointList": self.curve(trained)}
+            if self.outcome == "Failed" and self.error:
+                code, message = self.error
+                state.update(
+                    errorCode=code,
+                    errorMessage=message.format(step=trained),
+                    finishTime=_iso(self.finished_at()),
+                )
+            return state
+        if fraction >= 1.0:
+            return {
+                **base,
+                "runStatus": "Done",
+                "finishTime": _iso(self.finished_at()),
+                "metrics": self.metrics() if job["trainMode"] != "PostPretrain" else {},
+                "checkpointList": self.curve(self.total_steps),
+            }
+        return {
+            **base,
+            "runStatus": "Running",
+            "runProgress": f"{progress_at(fraction)}%",
+            "checkpointList": self.curve(trained),
+        }
+
+
+def progress_at(fraction: float) -> int:
+    """runProgress at a share of the run, following the phases of real Qianfan traces."""
+    if fraction < 0.03:
+        return 1
+    if fraction < 0.06:
+        return 3
+    if fraction < 0.12:
+        return 34
+    if fraction < 0.55:
+        return 34 + int(31 * (fraction - 0.12) / 0.43)
+    if fraction < 0.92:
+        return 65
+    return 96 if fraction < 0.96 else 99
+
+
+def build_population(
+    seed: int, jobs: int, tasks_per_job: int | None, start: float, speed: float
+) -> tuple[list[dict[str, Any]], list[SimTask]]:
+    rng = random.Random(seed)
+    job_list: list[dict[str, Any]] = []
+    tasks: list[SimTask] = []
+    models, modes, scales = list(MODELS), list(TRAIN_MODES), list(SCALES)
+    for n in range(jobs):
+        model, mode = models[n % len(models)], modes[(n // 2) % len(modes)]
+        created = start - 60 / speed * (jobs - n)
+        job = {
+            "jobId": _ident("job-", rng),
+            "name": JOB_NAMES[n % len(JOB_NAMES)].format(n=n + 1),
+            "description": f"{mode} of {model}" if n % 3 else "",
+            "model": model,
+            "trainMode": mode,
+            "createTime": _iso(created),
+        }
+        job_list.append(job)
+        for k in range(tasks_per_job if tasks_per_job is not None else rng.randint(3, 6)):
+            scale = scales[k % len(scales)]
+            floor = 0.35 + MODELS[model] + TRAIN_MODES[mode] + SCALES[scale] + rng.gauss(0, 0.03)
+            roll = rng.random()
+            outcome = "Done" if roll < 0.76 else "Failed" if roll < 0.88 else "Stopped"
+            total_steps = rng.choice([256, 281, 512, 640])
+            tasks.append(
+                SimTask(
+                    task_id=_ident("task-", rng),
+                    job=job,
+                    parameter_scale=scale,
+                    created=created + (k * 20 + rng.uniform(0, 10)) / speed,
+                    queue=rng.uniform(5, 300) / speed,
+                    run=rng.uniform(8 * 60, 40 * 60) / speed,
+                    outcome=outcome,
+                    end_fraction=1.0 if outcome == "Done" else rng.uniform(0.15, 0.75),
+                    total_steps=total_steps,
+                    save_step=32 if total_steps < 400 else 64,
+                    loss_floor=max(0.05, floor),
+                    loss_start=floor + rng.uniform(1.6, 2.4),
+                    noise_seed=rng.randrange(2**31),
+                    error=rng.choice(FAILURES) if outcome == "Failed" else None,
+                    extra_metrics=rng.random() < 0.3,
+                    run_id=_ident("run-", rng),
+                )
+            )
+    return job_list, tasks
+
+
+@dataclass
+class Faults:
+    """Share of requests answered badly, for tests that try to break the client and collector."""
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_slow: float = 0.0
+    rate_reset: float = 0.0
+    rate_html: float = 0.0
+    retry_after: float = 1.0
+    slow_seconds: float = 5.0
+    latency: float = 0.0  # added to every answer
+
+
+@dataclass
+class Logged:
+    at: float
+    action: str
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+class Simulator:
+    """The server and its world. Tests may script results and errors per task on top of the seeded population."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+        speed: float = 1.0,
+        jobs: int = 6,
+        tasks_per_job: int | None = None,
+        faults: Faults | None = None,
+        credentials: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        time_field: str = "Time",
+    ) -> None:
+        self.clock = clock
+        self.faults = faults or Faults()
+        self.credentials = credentials or {DEMO_ACCESS_KEY: DEMO_SECRET_KEY}
+        self.jobs, tasks = build_population(seed, jobs, tasks_per_job, clock(), speed)
+        self.tasks: dict[str, SimTask] = {task.task_id: task for task in tasks}
+        self.scripted: dict[str, dict[str, Any]] = {}  # task_id -> result served as-is
+        self.scripted_jobs: dict[str, str] = {}  # task_id -> job_id for scripted tasks
+        self.errors: dict[str, tuple[int, str, str]] = {}  # task_id -> (status, code, message)
+        self.time_field = time_field  # "Time" (createTime) or "Date" (createDate), both seen in the wild
+        self.log: deque[Logged] = deque(maxlen=200_000)
+        self._rng = random.Random(seed ^ 0x5F3759DF)
+        self._lock = threading.Lock()
+        self.host = host
+        self._server = _Server((host, port), _Handler)
+        self._server.sim = self
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self._server.server_port}"
+
+    @property
+    def access_key(self) -> str:
+        return next(iter(self.credentials))
+
+    @property
+    def secret_key(self) -> str:
+        return self.credentials[self.access_key]
+
+    def start(self) -> Simulator:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ftlog-simulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- scripting for tests ----------------------------------------------------------------------------------
+    def script(self, task_id: str, result: dict[str, Any], job_id: str = "job-scripted0001") -> None:
+        """Serve ``result`` verbatim for ``task_id`` (listed under ``job_id``) until scripted again."""
+        with self._lock:
+            self.scripted[task_id] = result
+            self.scripted_jobs[task_id] = job_id
+
+    def fail(self, task_id: str, status: int = 500, code: str = "InternalError", message: str = "boom") -> None:
+        """Answer every describe of ``task_id`` with an error until :meth:`heal` is called."""
+        with self._lock:
+            self.errors[task_id] = (status, code, message)
+
+    def heal(self, task_id: str) -> None:
+        with self._lock:
+            self.errors.pop(task_id, None)
+
+    def all_done(self) -> bool:
+        now = self.clock()
+        return all(now >= task.finished_at() for task in self.tasks.values())
+
+    # -- the API ----------------------------------------------------------------------------------------------
+    def task_result(self, task_id: str) -> dict[str, Any] | None:
+        if task_id in self.scripted:
+            return self.scripted[task_id]
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        result = task.result(self.clock())
+        if self.time_field != "Time":
+            result[f"create{self.time_field}"] = result.pop("createTime")
+            result[f"finish{self.time_field}"] = result.pop("finishTime")
+        return result
+
+    def job_task_ids(self, job_id: str) -> list[str]:
+        ids = [t.task_id for t in self.tasks.values() if t.job["jobId"] == job_id]
+        return ids + [tid for tid, jid in self.scripted_jobs.items() if jid == job_id and tid not in ids]
+
+    def all_jobs(self) -> list[dict[str, Any]]:
+        jobs = [dict(job.items()) for job in self.jobs]
+        known = {job["jobId"] for job in jobs}
+        for job_id in dict.fromkeys(self.scripted_jobs.values()):
+            if job_id not in known:
+                jobs.append({"jobId": job_id, "name": job_id, "description": "", "model": "", "trainMode": ""})
+        return jobs
+
+    def handle(self, action: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if action == "DescribeFineTuningTask":
+            task_id = body.get("taskId")
+            if not isinstance(task_id, str) or not task_id:
+                return 400, _error("InvalidRequestArgumentError", "taskId is required")
+            if task_id in self.errors:
+                status, code, message = self.errors[task_id]
+                return status, _error(code, message)
+            result = self.task_result(task_id)
+            if result is None:
+                return 404, _error("ResourceNotFound", f"task {task_id} does not exist")
+            return 200, {"result": result}
+        if action == "DescribeFineTuningJobs":
+            return 200, {"result": _page(self.all_jobs(), body, "jobList", "jobId")}
+        if action == "DescribeFineTuningTasks":
+            job_id = body.get("jobId")
+            if not isinstance(job_id, str) or job_id not in {job["jobId"] for job in self.all_jobs()}:
+                return 400, _error("InvalidRequestArgumentError", f"job {job_id!r} does not exist")
+            items = [self.task_result(tid) for tid in self.job_task_ids(job_id)]
+            return 200, {"result": _page([i for i in items if i], body, "taskList", "taskId")}
+        return 400, _error("InvalidAction", f"unsupported Action {action!r}")
+
+    def draw_fault(self) -> str | None:
+        f = self.faults
+        with self._lock:
+            roll = self._rng.random()
+        for name, rate in (
+            ("429", f.rate_429),
+            ("500", f.rate_500),
+            ("slow", f.rate_slow),
+            ("reset", f.rate_reset),
+            ("html", f.rate_html),
+        ):
+            if roll < rate:
+                return name
+            roll -= rate
+        return None
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"code": code, "message": message}
+
+
+def _page(items: list[dict[str, Any]], body: dict[str, Any], key: str, id_key: str) -> dict[str, Any]:
+    """One page: marker is the id of the first item returned, nextMarker the id of the first one not returned."""
+    raw_max = body.get("maxKeys", 10)
+    max_keys = min(100, raw_max) if isinstance(raw_max, int) and raw_max > 0 else 10
+    if body.get("pageReverse") is True:
+        items = items[::-1]
+    marker = body.get("marker") or ""
+    ids = [item[id_key] for item in items]
+    start = ids.index(marker) if marker in ids else 0
+    page = items[start : start + max_keys]
+    info: dict[str, Any] = {
+        "marker": marker,
+        "maxKeys": max_keys,
+        "isTruncated": start + max_keys < len(items),
+    }
+    if info["isTruncated"]:
+        info["nextMarker"] = ids[start + max_keys]
+    return {key: page, "pageInfo": info}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    sim: Simulator
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    _logged_body: dict[str, Any] = {}  # noqa: RUF012 - replaced per request, never mutated
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the simulator keeps its own request log
+
+    def do_POST(self) -> None:
+        sim = self.server.sim
+        request_id = str(uuid.uuid4())
+        split = urlsplit(self.path)
+        query = parse_qsl(split.query, keep_blank_values=True)
+        action = dict(query).get("Action", "")
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if sim.faults.latency:
+            time.sleep(sim.faults.latency)
+        fault = sim.draw_fault()
+        if fault == "reset":
+            return self._reset()
+        if fault == "slow":
+            time.sleep(sim.faults.slow_seconds)
+        if split.path != "/v2/finetuning":
+            return self._send(404, _error("InvalidURI", "Could not parse the specified URI."), request_id, action)
+        try:
+            headers = dict(self.headers.items())
+            auth.verify(
+                self.headers.get("Authorization"),
+                sim.credentials.get,
+                "POST",
+                split.path,
+                query,
+                headers,
+                now=datetime.now(timezone.utc),
+            )
+        except AuthError as exc:
+            return self._send(exc.status or 400, _error(exc.code or "AccessDenied", exc.message), request_id, action)
+        if fault == "429":
+            limited = _error("QPSLimitReached", "Request rate exceeds the limit; retry later.")
+            return self._send(429, limited, request_id, action, {"Retry-After": f"{sim.faults.retry_after:g}"})
+        if fault == "500":
+            return self._send(500, _error("InternalError", "We encountered an internal error."), request_id, action)
+        if fault == "html":
+            return self._send_raw(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html", action)
+        body: Any
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self._send(
+                400, _error("MalformedJSON", "The JSON you provided was not well-formed."), request_id, action
+            )
+        self._logged_body = body
+        status, answer = sim.handle(action, body)
+        self._send(status, answer, request_id, action)
+
+    def _send(
+        self,
+        status: int,
+        body: dict[str, Any],
+        request_id: str,
+        action: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        payload = json.dumps({"requestId": request_id, **body}, ensure_ascii=False).encode()
+        headers = {"x-bce-request-id": request_id, **(extra or {})}
+        self._send_raw(status, payload, "application/json; charset=utf-8", action, headers)
+
+    def _send_raw(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        action: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.server.sim.log.append(Logged(time.monotonic(), action, status, self._logged_body))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _reset(self) -> None:
+        self.server.sim.log.append(Logged(time.monotonic(), "reset", 0))
+        # SO_LINGER with a zero timeout makes close() send a TCP RST: the client sees "connection reset".
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
