@@ -1,0 +1,398 @@
+"""pandas helpers over the views: curves, comparisons, best checkpoints, timelines, ETAs and health flags.
+
+Every helper takes ``source``: a dataset location (path or URI), a :class:`~ftlog.store.Dataset`, or a connection
+from :func:`ftlog.connect`, so a notebook can open the dataset once and pass the connection around.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from .errors import FtlogError
+from .schema import TERMINAL_STATUSES
+from .store import Dataset
+from .views import connect
+
+Source = str | Path | Dataset | duckdb.DuckDBPyConnection
+GROUP_COLUMNS = ("model", "train_mode", "parameter_scale", "job_id", "job_name", "run_status")
+METRICS = ("bleu_4", "rouge_1", "rouge_2", "rouge_l")
+CURVE_METRICS = ("training_loss", "perplexity")
+
+
+@contextmanager
+def _connection(source: Source) -> Iterator[duckdb.DuckDBPyConnection]:
+    if isinstance(source, duckdb.DuckDBPyConnection):
+        yield source
+        return
+    con = connect(source)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _frame(source: Source, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+    with _connection(source) as con:
+        return con.execute(sql, params or []).df()
+
+
+def _task_filter(tasks: Sequence[str] | None, jobs: Sequence[str] | None, alias: str = "t") -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if tasks:
+        clauses.append(f"{alias}.task_id IN (SELECT unnest(?::VARCHAR[]))")
+        params.append(list(tasks))
+    if jobs:
+        clauses.append(f"{alias}.job_id IN (SELECT unnest(?::VARCHAR[]))")
+        params.append(list(jobs))
+    return (" AND ".join(clauses) or "TRUE"), params
+
+
+def tasks(source: Source, *, tasks: Sequence[str] | None = None, jobs: Sequence[str] | None = None) -> pd.DataFrame:
+    """The latest state of each task (the ``tasks`` view), optionally limited to some tasks or jobs.
+
+    >>> tasks("data")[["task_id", "run_status", "run_progress"]]  # doctest: +SKIP
+    """
+    where, params = _task_filter(tasks, jobs)
+    return _frame(source, f"SELECT * EXCLUDE (raw, metrics) FROM tasks t WHERE {where} ORDER BY task_id", params)
+
+
+def curves(
+    source: Source,
+    *,
+    tasks: Sequence[str] | None = None,
+    jobs: Sequence[str] | None = None,
+    x: str = "step",
+    ema: float | None = None,
+) -> pd.DataFrame:
+    """Every checkpoint of every task at full resolution, one row per (task, step), with the task's model, train
+    mode and parameter scale. ``x="fraction"`` sets column ``x`` to step / last step of the task (0..1); ``ema``
+    (a smoothing factor in (0, 1], e.g. 0.3) adds ``training_loss_ema`` and ``perplexity_ema`` beside the raw values.
+
+    >>> df = curves("data", x="fraction", ema=0.3)  # doctest: +SKIP
+    >>> df.columns[:4].tolist()  # doctest: +SKIP
+    ['task_id', 'job_id', 'model', 'train_mode']
+    """
+    if x not in ("step", "fraction"):
+        raise FtlogError(f"x must be 'step' or 'fraction', not {x!r}")
+    if ema is not None and not 0 < ema <= 1:
+        raise FtlogError(f"ema must be in (0, 1], not {ema}")
+    where, params = _task_filter(tasks, jobs)
+    x_expr = "c.step::DOUBLE" if x == "step" else "c.step / max(c.step) OVER (PARTITION BY c.task_id)"
+    frame = _frame(
+        source,
+        f"""
+        SELECT c.task_id, t.job_id, t.job_name, t.model, t.train_mode, t.parameter_scale, c.step,
+               {x_expr} AS x, c.training_loss, c.perplexity
+        FROM checkpoints c JOIN tasks t USING (task_id)
+        WHERE {where}
+        ORDER BY c.task_id, c.step
+        """,
+        params,
+    )
+    if ema is not None and not frame.empty:
+        grouped = frame.groupby("task_id", sort=False)
+        for column in CURVE_METRICS:
+            frame[f"{column}_ema"] = grouped[column].transform(lambda s: s.ewm(alpha=ema, adjust=False).mean())
+    return frame
+
+
+def final_and_best(source: Source) -> pd.DataFrame:
+    """Per task: final (last step) and best (lowest, NaN ignored) training loss and perplexity."""
+    return _frame(
+        source,
+        """
+        SELECT task_id,
+               arg_max(training_loss, step) AS final_loss,
+               min(training_loss) FILTER (WHERE isfinite(training_loss)) AS best_loss,
+               arg_max(perplexity, step) AS final_perplexity,
+               min(perplexity) FILTER (WHERE isfinite(perplexity)) AS best_perplexity,
+               max(step) AS last_step,
+               count(*) AS checkpoints
+        FROM checkpoints GROUP BY task_id
+        """,
+    )
+
+
+def compare(
+    source: Source,
+    by: Sequence[str] = ("model", "train_mode", "parameter_scale"),
+    *,
+    tasks: Sequence[str] | None = None,
+    jobs: Sequence[str] | None = None,
+    stats: Sequence[str] = ("mean", "std", "min", "max"),
+) -> pd.DataFrame:
+    """One row per group: ``tasks`` (count), ``done`` (count), and mean/std/min/max of BLEU-4, ROUGE-1/2/L and
+    of final and best training loss and perplexity. Columns are named ``<value>_<stat>``, e.g. ``bleu_4_mean``.
+
+    >>> compare("data", by=["parameter_scale"])[["parameter_scale", "tasks", "final_loss_mean"]]  # doctest: +SKIP
+    """
+    by = list(by)
+    unknown = [column for column in by if column not in GROUP_COLUMNS]
+    if unknown or not by:
+        raise FtlogError(f"cannot group by {', '.join(unknown) or 'nothing'}: choose from {', '.join(GROUP_COLUMNS)}")
+    allowed = {"mean": "avg", "std": "stddev_samp", "min": "min", "max": "max", "median": "median"}
+    if bad := [s for s in stats if s not in allowed]:
+        raise FtlogError(f"unknown statistic {', '.join(bad)}: choose from {', '.join(allowed)}")
+    values = [*METRICS, "final_loss", "best_loss", "final_perplexity", "best_perplexity"]
+    aggregates = ",\n".join(f"{allowed[s]}({v}) AS {v}_{s}" for v in values for s in stats)
+    where, params = _task_filter(tasks, jobs)
+    keys = ", ".join(f"t.{column}" for column in by)
+    return _frame(
+        source,
+        f"""
+        WITH fb AS (
+            SELECT task_id,
+                   arg_max(training_loss, step) AS final_loss,
+                   min(training_loss) FILTER (WHERE isfinite(training_loss)) AS best_loss,
+                   arg_max(perplexity, step) AS final_perplexity,
+                   min(perplexity) FILTER (WHERE isfinite(perplexity)) AS best_perplexity
+            FROM checkpoints GROUP BY task_id
+        ), joined AS (
+            SELECT t.task_id, {keys}, t.run_status, m.bleu_4, m.rouge_1, m.rouge_2, m.rouge_l,
+                   fb.final_loss, fb.best_loss, fb.final_perplexity, fb.best_perplexity
+            FROM tasks t LEFT JOIN metrics m USING (task_id) LEFT JOIN fb USING (task_id)
+            WHERE {where}
+        )
+        SELECT {", ".join(by)}, count(*) AS tasks, count(*) FILTER (WHERE run_status = 'Done') AS done,
+               {aggregates}
+        FROM joined GROUP BY ALL ORDER BY ALL
+        """,
+        params,
+    )
+
+
+def best_checkpoints(
+    source: Source,
+    metric: str = "training_loss",
+    *,
+    tasks: Sequence[str] | None = None,
+    jobs: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Per task the checkpoint with the lowest ``metric`` (``training_loss`` or ``perplexity``; ties go to the
+    earlier step), whether it is the last step (if not, later steps got worse: an overfitting hint), and the
+    ``incrementTaskId`` / ``incrementCheckpointStep`` pair CreateFineTuningTask takes to continue from it.
+
+    >>> best_checkpoints("data")[["task_id", "best_step", "best_value", "is_last"]]  # doctest: +SKIP
+    """
+    if metric not in CURVE_METRICS:
+        raise FtlogError(f"metric must be one of {', '.join(CURVE_METRICS)}, not {metric!r}")
+    where, params = _task_filter(tasks, jobs)
+    return _frame(
+        source,
+        f"""
+        WITH ranked AS (
+            SELECT task_id, step, {metric} AS value,
+                   row_number() OVER (PARTITION BY task_id ORDER BY {metric}, step) AS rn,
+                   max(step) OVER (PARTITION BY task_id) AS last_step,
+                   count(*) OVER (PARTITION BY task_id) AS checkpoints
+            FROM checkpoints WHERE isfinite({metric})
+        )
+        SELECT r.task_id, t.job_id, t.job_name, t.model, t.train_mode, t.parameter_scale, t.run_status,
+               '{metric}' AS metric, r.step AS best_step, r.value AS best_value, r.last_step,
+               r.step = r.last_step AS is_last, r.checkpoints,
+               r.task_id AS incrementTaskId, r.step AS incrementCheckpointStep
+        FROM ranked r JOIN tasks t USING (task_id)
+        WHERE r.rn = 1 AND {where}
+        ORDER BY r.task_id
+        """,
+        params,
+    )
+
+
+def timeline(
+    source: Source,
+    *,
+    tasks: Sequence[str] | None = None,
+    jobs: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> pd.DataFrame:
+    """Per task and status stretch: ``entered_at``, ``left_at`` (NULL while current) and ``seconds`` (up to
+    ``now`` for the current stretch of a task still in flight, NULL for a terminal status). Times are when the
+    collector first saw each status, so their resolution is the polling interval.
+
+    >>> timeline("data")[["task_id", "status", "seconds"]]  # doctest: +SKIP
+    """
+    where, params = _task_filter(tasks, jobs)
+    frame = _frame(
+        source,
+        f"""
+        SELECT s.task_id, t.job_id, t.model, t.train_mode, t.parameter_scale,
+               s.to_status AS status, s.changed_at AS entered_at,
+               lead(s.changed_at) OVER (PARTITION BY s.task_id ORDER BY s.changed_at) AS left_at
+        FROM status_changes s JOIN tasks t USING (task_id)
+        WHERE {where}
+        ORDER BY s.task_id, s.changed_at
+        """,
+        params,
+    )
+    moment = pd.Timestamp(now or datetime.now(timezone.utc))
+    end = frame["left_at"].where(frame["left_at"].notna() | frame["status"].isin(TERMINAL_STATUSES), moment)
+    frame["seconds"] = (end - frame["entered_at"]).dt.total_seconds()
+    return frame
+
+
+def durations(
+    source: Source,
+    *,
+    tasks: Sequence[str] | None = None,
+    jobs: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> pd.DataFrame:
+    """Per task: ``queue_seconds`` (Waiting), ``running_seconds`` (Running), ``total_seconds`` (first seen until
+    a terminal status, or until ``now``) and the ``end_status``.
+
+    >>> durations("data")[["task_id", "queue_seconds", "running_seconds", "total_seconds"]]  # doctest: +SKIP
+    """
+    stretches = timeline(source, tasks=tasks, jobs=jobs, now=now)
+    if stretches.empty:
+        return pd.DataFrame(columns=["task_id", "queue_seconds", "running_seconds", "total_seconds", "end_status"])
+    rows = []
+    moment = pd.Timestamp(now or datetime.now(timezone.utc))
+    for task_id, group in stretches.groupby("task_id", sort=True):
+        last = group.iloc[-1]
+        end = last["entered_at"] if last["status"] in TERMINAL_STATUSES else moment
+        rows.append(
+            {
+                "task_id": task_id,
+                "queue_seconds": group.loc[group["status"] == "Waiting", "seconds"].sum(),
+                "running_seconds": group.loc[group["status"] == "Running", "seconds"].sum(),
+                "total_seconds": (end - group["entered_at"].min()).total_seconds(),
+                "end_status": last["status"] if last["status"] in TERMINAL_STATUSES else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def eta(
+    source: Source,
+    *,
+    window: timedelta = timedelta(hours=1),
+    stall_after: timedelta = timedelta(minutes=30),
+    now: datetime | None = None,
+    tasks: Sequence[str] | None = None,
+    jobs: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """For each Running task: progress rate (percent per hour) over the snapshots of the last ``window``, the
+    estimated finish time (NULL when the rate is zero or unknown), and ``stalled`` when runProgress has not moved
+    for longer than ``stall_after``.
+
+    The rate runs from the first Running snapshot in the window to the last poll, so a plateau lowers it.
+
+    >>> eta("data", stall_after=timedelta(minutes=20))[["task_id", "run_progress", "eta", "stalled"]]  # doctest: +SKIP
+    """
+    moment = pd.Timestamp(now or datetime.now(timezone.utc))
+    where, params = _task_filter(tasks, jobs)
+    history = _frame(
+        source,
+        f"""
+        SELECT s.task_id, s.run_progress, s.observed_at, t.last_polled_at, t.observed_at AS latest_at
+        FROM snapshots s JOIN tasks t USING (task_id)
+        WHERE t.run_status = 'Running' AND s.run_status = 'Running' AND s.run_progress IS NOT NULL AND {where}
+        ORDER BY s.task_id, s.observed_at
+        """,
+        params,
+    )
+    rows = []
+    for task_id, group in history.groupby("task_id", sort=True):
+        progress = group["run_progress"].to_numpy()
+        times = group["observed_at"]
+        current = float(progress[-1])
+        # The current value was first seen where the trailing run of equal values starts.
+        changed = np.flatnonzero(progress != current)
+        since = times.iloc[changed[-1] + 1] if len(changed) else times.iloc[0]
+        last_seen = group["last_polled_at"].iloc[-1]
+        last_seen = max(last_seen, group["latest_at"].iloc[-1]) if pd.notna(last_seen) else group["latest_at"].iloc[-1]
+        recent = group[times >= moment - pd.Timedelta(window)]
+        start = recent.iloc[0] if len(recent) else group.iloc[-1]
+        hours = (last_seen - start["observed_at"]).total_seconds() / 3600
+        rate = (current - float(start["run_progress"])) / hours if hours > 0 else None
+        finish = last_seen + pd.Timedelta(hours=(100 - current) / rate) if rate and rate > 0 else None
+        rows.append(
+            {
+                "task_id": task_id,
+                "run_progress": current,
+                "rate_per_hour": rate,
+                "eta": finish,
+                "progress_since": since,
+                "stalled": bool(moment - since > pd.Timedelta(stall_after)),
+            }
+        )
+    columns = ["task_id", "run_progress", "rate_per_hour", "eta", "progress_since", "stalled"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def health(
+    source: Source,
+    *,
+    k: int = 3,
+    plateau: float = 0.005,
+    perplexity_tolerance: float = 0.25,
+    tasks: Sequence[str] | None = None,
+    jobs: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Per task flags from the checkpoint curve: ``loss_rising`` (loss went up at each of the last ``k`` steps),
+    ``non_finite`` (any NaN or inf), ``plateau`` (the last ``k`` steps moved the loss by less than ``plateau``,
+    relative), ``perplexity_mismatch`` (some perplexity is off exp(training_loss) by more than
+    ``perplexity_tolerance``, relative), and ``healthy`` when none is set.
+
+    >>> health("data").query("not healthy")  # doctest: +SKIP
+    """
+    frame = curves(source, tasks=tasks, jobs=jobs)
+    rows = []
+    for task_id, group in frame.groupby("task_id", sort=True):
+        loss = group["training_loss"].to_numpy(dtype=float)
+        ppl = group["perplexity"].to_numpy(dtype=float)
+        finite = np.isfinite(loss) & np.isfinite(ppl)
+        tail = loss[finite][-(k + 1) :]
+        steps = np.diff(tail)
+        rising = len(steps) >= k and bool(np.all(steps > 0))
+        flat = len(steps) >= k and bool(abs(tail[-1] - tail[0]) <= plateau * max(abs(tail[0]), 1e-12))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ratio = ppl[finite] / np.exp(loss[finite])
+        mismatch = bool(np.any(np.abs(ratio - 1) > perplexity_tolerance))
+        non_finite = bool(not finite.all())
+        rows.append(
+            {
+                "task_id": task_id,
+                "checkpoints": len(loss),
+                "loss_rising": rising,
+                "non_finite": non_finite,
+                "plateau": flat,
+                "perplexity_mismatch": mismatch,
+                "healthy": not (rising or non_finite or flat or mismatch),
+            }
+        )
+    columns = ["task_id", "checkpoints", "loss_rising", "non_finite", "plateau", "perplexity_mismatch", "healthy"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+STATUS_COLUMNS = [
+    "task_id", "job_id", "model", "train_mode", "parameter_scale", "run_status", "run_progress", "eta", "stalled",
+    "best_loss", "last_change", "last_polled_at",
+]  # fmt: skip
+
+
+def status(
+    source: Source, *, now: datetime | None = None, stall_after: timedelta = timedelta(minutes=30)
+) -> pd.DataFrame:
+    """One row per task for ``ftlog status``: identity, status, progress, ETA, best loss and last change.
+
+    >>> status("data")  # doctest: +SKIP
+    """
+    with _connection(source) as con:
+        latest = tasks(con)
+        if latest.empty:
+            return pd.DataFrame(columns=STATUS_COLUMNS)
+        estimates = eta(con, now=now, stall_after=stall_after)[["task_id", "eta", "stalled"]]
+        best = final_and_best(con)[["task_id", "best_loss"]]
+    frame = latest.merge(estimates, on="task_id", how="left").merge(best, on="task_id", how="left")
+    frame["stalled"] = frame["stalled"].astype("boolean")
+    return frame.rename(columns={"observed_at": "last_change"})[STATUS_COLUMNS]
