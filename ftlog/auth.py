@@ -54,6 +54,17 @@ def _hex_hmac(key: bytes, message: str) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
+def signing_key(secret_key: str, auth_prefix: str) -> str:
+    """Step 2 of the algorithm: the hex HMAC of the auth prefix, itself the key of the final HMAC."""
+    return _hex_hmac(secret_key.encode(), auth_prefix)
+
+
+def canonical_request(
+    method: str, path: str, query: Iterable[tuple[str, str]], headers: Mapping[str, str], signed: list[str]
+) -> str:
+    return "\n".join([method.upper(), canonical_uri(path), canonical_query(query), canonical_headers(headers, signed)])
+
+
 def signature(
     secret_key: str,
     auth_prefix: str,
@@ -63,11 +74,8 @@ def signature(
     headers: Mapping[str, str],
     signed: list[str],
 ) -> str:
-    signing_key = _hex_hmac(secret_key.encode(), auth_prefix)
-    canonical_request = "\n".join(
-        [method.upper(), canonical_uri(path), canonical_query(query), canonical_headers(headers, signed)]
-    )
-    return _hex_hmac(signing_key.encode(), canonical_request)
+    key = signing_key(secret_key, auth_prefix)
+    return _hex_hmac(key.encode(), canonical_request(method, path, query, headers, signed))
 
 
 def sign(
@@ -127,7 +135,8 @@ def verify(
     signed = [name.strip().lower() for name in signed_text.split(";") if name.strip()]
     auth_prefix = "/".join(parts[:4])
     expected = signature(secret_key, auth_prefix, method, path, query, headers, signed)
-    if not hmac.compare_digest(expected, given.lower()):
+    # Bytes, because compare_digest raises TypeError on a non-ASCII str and headers arrive as latin-1 text.
+    if not hmac.compare_digest(expected.encode(), given.lower().encode("utf-8", "replace")):
         raise AuthError(
             "The request signature we calculated does not match the signature you provided. "
             "Check your Secret Access Key and signing method.",

@@ -59,8 +59,10 @@ def read_dotenv(path: str | Path = ".env") -> dict[str, str]:
             continue
         key, _, value = line.removeprefix("export ").partition("=")
         value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
+        if len(value) >= 2 and value[0] in "'\"" and value[0] in value[1:]:
+            value = value[1 : value.index(value[0], 1)]  # quoted: anything after the closing quote is a comment
+        else:
+            value = value.split(" #", 1)[0].strip()
         values[key.strip()] = value
     return values
 
@@ -68,7 +70,8 @@ def read_dotenv(path: str | Path = ".env") -> dict[str, str]:
 def settings(environ: Mapping[str, str] | None = None, dotenv: str | Path = ".env") -> dict[str, str]:
     """The process environment over the ``.env`` file: where every ftlog setting is read from."""
     merged = read_dotenv(dotenv)
-    merged.update(os.environ if environ is None else environ)
+    # An empty variable counts as unset, so `export QIANFAN_SECRET_KEY=` does not hide the .env value.
+    merged.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
     return merged
 
 
@@ -90,11 +93,17 @@ def base_url_from_env(environ: Mapping[str, str] | None = None) -> str:
 class RateLimiter:
     """Space requests at least ``1/rps`` seconds apart, across every thread that shares this limiter."""
 
-    def __init__(self, rps: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rps: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if rps <= 0:
             raise ConfigError(f"requests per second must be positive, got {rps}")
         self.interval = 1.0 / rps
         self._clock = clock
+        self._sleep = sleep
         self._next = 0.0
         self._lock = threading.Lock()
 
@@ -104,7 +113,7 @@ class RateLimiter:
             slot = max(now, self._next)
             self._next = slot + self.interval
         if slot > now:
-            time.sleep(slot - now)
+            self._sleep(slot - now)
 
 
 @dataclass
@@ -304,6 +313,8 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are UTC anyway
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 

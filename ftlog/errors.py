@@ -67,7 +67,8 @@ class ApiError(FtlogError):
 
     @property
     def retryable(self) -> bool:
-        return self.status is None or self.status == 429 or self.status >= 500
+        """Throttling and server-side failures are worth another try; everything else will fail the same way."""
+        return self.status is not None and (self.status == 429 or self.status >= 500)
 
 
 class AuthError(ApiError):
@@ -76,6 +77,10 @@ class AuthError(ApiError):
 
 class TransportError(ApiError):
     """The API could not be reached or did not answer in time."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 def _text(value: Any) -> str | None:

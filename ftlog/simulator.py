@@ -16,6 +16,7 @@ import math
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -223,9 +224,16 @@ def build_population(
     return job_list, tasks
 
 
+FAULT_KINDS = ("429", "500", "slow", "reset", "html")
+
+
 @dataclass
 class Faults:
-    """Share of requests answered badly, for tests that try to break the client and collector."""
+    """Share of requests answered badly, for tests that try to break the client and collector.
+
+    ``script`` is consumed first, one entry per request: a fault kind, or ``"ok"`` for a normal answer. It makes
+    retry tests deterministic where the random rates cannot.
+    """
 
     rate_429: float = 0.0
     rate_500: float = 0.0
@@ -235,6 +243,12 @@ class Faults:
     retry_after: float = 1.0
     slow_seconds: float = 5.0
     latency: float = 0.0  # added to every answer
+    script: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = [kind for kind in self.script if kind != "ok" and kind not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; expected 'ok' or one of {FAULT_KINDS}")
 
 
 @dataclass
@@ -278,6 +292,7 @@ class Simulator:
         self._server = _Server((host, port), _Handler)
         self._server.sim = self
         self._thread: threading.Thread | None = None
+        self._serving = False
 
     # -- life cycle -------------------------------------------------------------------------------------------
     @property
@@ -293,18 +308,27 @@ class Simulator:
         return self.credentials[self.access_key]
 
     def start(self) -> Simulator:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ftlog-simulator", daemon=True)
+        self._serving = True  # before the thread runs, so an immediate stop() still shuts it down
+        self._thread = threading.Thread(target=self.serve_forever, name="ftlog-simulator", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        self._server.serve_forever()
+        self._serving = True
+        try:
+            # A short poll interval keeps stop() quick: shutdown() waits up to one interval.
+            self._server.serve_forever(poll_interval=0.05)
+        finally:
+            self._serving = False
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        # shutdown() waits for serve_forever to acknowledge, so it would hang on a server that is not serving.
+        if self._serving:
+            self._server.shutdown()
         if self._thread:
             self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -351,6 +375,9 @@ class Simulator:
 
     def all_jobs(self) -> list[dict[str, Any]]:
         jobs = [dict(job.items()) for job in self.jobs]
+        if self.time_field != "Time":
+            for job in jobs:
+                job[f"create{self.time_field}"] = job.pop("createTime")
         known = {job["jobId"] for job in jobs}
         for job_id in dict.fromkeys(self.scripted_jobs.values()):
             if job_id not in known:
@@ -382,13 +409,12 @@ class Simulator:
     def draw_fault(self) -> str | None:
         f = self.faults
         with self._lock:
+            if f.script:
+                kind = f.script.pop(0)
+                return None if kind == "ok" else kind
             roll = self._rng.random()
-        for name, rate in (
-            ("429", f.rate_429),
-            ("500", f.rate_500),
-            ("slow", f.rate_slow),
-            ("reset", f.rate_reset),
-            ("html", f.rate_html),
+        for name, rate in zip(
+            FAULT_KINDS, (f.rate_429, f.rate_500, f.rate_slow, f.rate_reset, f.rate_html), strict=True
         ):
             if roll < rate:
                 return name
@@ -426,11 +452,16 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     sim: Simulator
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout, reset) is routine here, not worth a traceback on stderr.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
-    _logged_body: dict[str, Any] = {}  # noqa: RUF012 - replaced per request, never mutated
+    _logged_body: dict[str, Any]
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the simulator keeps its own request log
@@ -443,6 +474,13 @@ class _Handler(BaseHTTPRequestHandler):
         action = dict(query).get("Action", "")
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        body: Any
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        # Set per request: with keep-alive one handler serves many requests and must not log a stale body.
+        self._logged_body = body if isinstance(body, dict) else {}
         if sim.faults.latency:
             time.sleep(sim.faults.latency)
         fault = sim.draw_fault()
@@ -472,16 +510,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(500, _error("InternalError", "We encountered an internal error."), request_id, action)
         if fault == "html":
             return self._send_raw(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html", action)
-        body: Any
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            body = None
         if not isinstance(body, dict):
             return self._send(
                 400, _error("MalformedJSON", "The JSON you provided was not well-formed."), request_id, action
             )
-        self._logged_body = body
         status, answer = sim.handle(action, body)
         self._send(status, answer, request_id, action)
 
@@ -515,7 +547,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _reset(self) -> None:
-        self.server.sim.log.append(Logged(time.monotonic(), "reset", 0))
+        self.server.sim.log.append(Logged(time.monotonic(), "reset", 0, self._logged_body))
         # SO_LINGER with a zero timeout makes close() send a TCP RST: the client sees "connection reset".
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
