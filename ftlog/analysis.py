@@ -131,6 +131,7 @@ def compare(
 ) -> pd.DataFrame:
     """One row per group: ``tasks`` (count), ``done`` (count), and mean/std/min/max of BLEU-4, ROUGE-1/2/L and
     of final and best training loss and perplexity. Columns are named ``<value>_<stat>``, e.g. ``bleu_4_mean``.
+    ``stats`` may also hold ``median`` and ``count`` (tasks with a value, e.g. for standard errors).
 
     >>> compare("data", by=["parameter_scale"])[["parameter_scale", "tasks", "final_loss_mean"]]  # doctest: +SKIP
     """
@@ -138,7 +139,7 @@ def compare(
     unknown = [column for column in by if column not in GROUP_COLUMNS]
     if unknown or not by:
         raise FtlogError(f"cannot group by {', '.join(unknown) or 'nothing'}: choose from {', '.join(GROUP_COLUMNS)}")
-    allowed = {"mean": "avg", "std": "stddev_samp", "min": "min", "max": "max", "median": "median"}
+    allowed = {"mean": "avg", "std": "stddev_samp", "min": "min", "max": "max", "median": "median", "count": "count"}
     if bad := [s for s in stats if s not in allowed]:
         raise FtlogError(f"unknown statistic {', '.join(bad)}: choose from {', '.join(allowed)}")
     values = [*METRICS, "final_loss", "best_loss", "final_perplexity", "best_perplexity"]
@@ -247,7 +248,8 @@ def durations(
     now: datetime | None = None,
 ) -> pd.DataFrame:
     """Per task: ``queue_seconds`` (Waiting), ``running_seconds`` (Running), ``total_seconds`` (first seen until
-    a terminal status, or until ``now``) and the ``end_status``.
+    a terminal status, or until ``now``) and the ``end_status``. A duration the collector could not observe (a
+    status never seen, or a task first seen already finished) is NULL.
 
     >>> durations("data")[["task_id", "queue_seconds", "running_seconds", "total_seconds"]]  # doctest: +SKIP
     """
@@ -259,12 +261,19 @@ def durations(
     for task_id, group in stretches.groupby("task_id", sort=True):
         last = group.iloc[-1]
         end = last["entered_at"] if last["status"] in TERMINAL_STATUSES else moment
+        seen_from_start = group.iloc[0]["status"] not in TERMINAL_STATUSES
+
+        def spent(status: str, group: pd.DataFrame = group) -> float | None:
+            # NULL, not 0, for a stretch the collector never saw: the task may well have waited or run.
+            stretch = group.loc[group["status"] == status, "seconds"]
+            return float(stretch.sum()) if len(stretch) else None
+
         rows.append(
             {
                 "task_id": task_id,
-                "queue_seconds": group.loc[group["status"] == "Waiting", "seconds"].sum(),
-                "running_seconds": group.loc[group["status"] == "Running", "seconds"].sum(),
-                "total_seconds": (end - group["entered_at"].min()).total_seconds(),
+                "queue_seconds": spent("Waiting"),
+                "running_seconds": spent("Running"),
+                "total_seconds": (end - group["entered_at"].min()).total_seconds() if seen_from_start else None,
                 "end_status": last["status"] if last["status"] in TERMINAL_STATUSES else None,
             }
         )

@@ -7,16 +7,19 @@ not all (every failure is recorded in ``polls``).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
 import duckdb
+import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -61,7 +64,7 @@ def echo_frame(frame: pd.DataFrame, fmt: str) -> None:
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
     elif fmt == "json":
-        click.echo(frame.to_json(orient="records", date_format="iso", force_ascii=False))
+        click.echo(frame.to_json(orient="records", date_format="iso", date_unit="us", force_ascii=False))
     elif fmt == "markdown":
         click.echo(_markdown(frame))
     elif frame.empty:
@@ -71,10 +74,24 @@ def echo_frame(frame: pd.DataFrame, fmt: str) -> None:
             click.echo(frame.to_string(index=False))
 
 
+def parse_group_columns(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from .analysis import GROUP_COLUMNS
+
+    columns = [column.strip() for column in value.split(",") if column.strip()]
+    unknown = [column for column in columns if column not in GROUP_COLUMNS]
+    if unknown or not columns:
+        raise click.BadParameter(f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(GROUP_COLUMNS)}")
+    return columns
+
+
 def _markdown(frame: pd.DataFrame) -> str:
-    cells = frame.astype(object).where(frame.notna(), "").astype(str)
+    def cell(value: Any) -> str:
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            return ""
+        return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in cells.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -143,6 +160,8 @@ def collect(
     """Describe tasks and append what changed to the dataset (one round, or --watch)."""
     if until_done and not watching:
         raise click.UsageError("--until-done needs --watch")
+    if not (task_ids or job_ids or all_jobs):
+        raise click.UsageError("nothing to collect: name task ids, use --job JOB_ID, or --all")
     selection = Selection(task_ids, job_ids, all_jobs)
     dataset = Dataset(data)
     client = make_client(endpoint, rps)
@@ -153,10 +172,13 @@ def collect(
         def one_round() -> RoundResult:
             if not show:
                 return collect_round(client, dataset, selection, concurrency=concurrency, stop=stop)
-            with click.progressbar(length=0, label="describing", file=sys.stderr) as bar:
-                return collect_round(
-                    client, dataset, selection, concurrency=concurrency, stop=stop, progress=bar.update
-                )
+            with click.progressbar(length=0, label="describing", file=sys.stderr, show_pos=True) as bar:
+
+                def step(done: int, total: int) -> None:
+                    bar.length = total  # known only once discovery has listed the tasks
+                    bar.update(done - bar.pos)
+
+                return collect_round(client, dataset, selection, concurrency=concurrency, stop=stop, progress=step)
 
         def report(result: RoundResult) -> None:
             if not quiet:
@@ -183,7 +205,26 @@ def query(sql: str, fmt: str, data: str) -> None:
 
     with connect(data) as con:
         relation = con.sql(sql)
-        echo_frame(relation.df() if relation is not None else pd.DataFrame(), fmt)
+        frame = relation.df() if relation is not None else pd.DataFrame()
+    echo_frame(nested_as_json(frame) if fmt == "csv" else frame, fmt)
+
+
+def nested_as_json(frame: pd.DataFrame) -> pd.DataFrame:
+    """Lists and structs (e.g. ``snapshots.metrics``) as JSON text: a CSV cell would otherwise hold a numpy repr."""
+
+    def plain(value: Any) -> Any:  # numpy arrays and scalars as Python values, anything else (times) as text
+        return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else str(value)
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, (list, dict, np.ndarray)):
+            return json.dumps(value, ensure_ascii=False, default=plain)
+        return value
+
+    out: pd.DataFrame = frame.copy()
+    for i, dtype in enumerate(out.dtypes):
+        if pd.api.types.is_object_dtype(dtype):  # by position: a query may repeat a column name
+            out.iloc[:, i] = out.iloc[:, i].map(cell)
+    return out
 
 
 @cli.command()
@@ -249,6 +290,75 @@ def simulate(
         sim.serve_forever()
     except KeyboardInterrupt:
         click.echo("simulator stopped", err=True)
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--stall-minutes", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Flag Running tasks whose progress has not moved for this long.")  # fmt: skip
+@data_option
+@handle_errors
+def status(fmt: str, stall_minutes: float, data: str) -> None:
+    """One row per task: latest status, progress, ETA, best loss, last change."""
+    from .analysis import status as task_status
+
+    echo_frame(task_status(data, stall_after=timedelta(minutes=stall_minutes)), fmt)
+
+
+@cli.command()
+@click.option(
+    "--by",
+    default="model,train_mode,parameter_scale",
+    show_default=True,
+    callback=parse_group_columns,
+    help="Comma-separated group columns: model, train_mode, parameter_scale, job_id, job_name, run_status.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table", show_default=True)
+@data_option
+@handle_errors
+def compare(by: str, fmt: str, data: str) -> None:
+    """Compare BLEU/ROUGE and final/best loss and perplexity across groups of tasks."""
+    from .analysis import compare as compare_groups
+
+    echo_frame(compare_groups(data, by=by), fmt)
+
+
+@cli.command("report")
+@click.option("--out", default="reports", show_default=True, metavar="DIR", help="Folder for index.html and PNGs.")
+@click.option("--job", "job_ids", multiple=True, metavar="JOB_ID", help="Only the tasks of this job (repeatable).")
+@click.option("--task", "task_ids", multiple=True, metavar="TASK_ID", help="Only this task (repeatable).")
+@click.option("--by", default="model,train_mode,parameter_scale", show_default=True, callback=parse_group_columns,
+              metavar="COLS", help="Comma-separated group columns for the comparison and the charts.")  # fmt: skip
+@click.option("--ema", type=click.FloatRange(0, 1, min_open=True), metavar="ALPHA",
+              help="Draw curves smoothed by an exponential moving average (e.g. 0.3) over the raw ones.")  # fmt: skip
+@data_option
+@handle_errors
+def report_command(
+    out: str, job_ids: tuple[str, ...], task_ids: tuple[str, ...], by: list[str], ema: float | None, data: str
+) -> None:
+    """Write a self-contained HTML report (DIR/index.html) and its PNG figures; print the index.html path."""
+    from .report import write_report
+
+    click.echo(str(write_report(data, out, jobs=job_ids or None, tasks=task_ids or None, by=by, ema=ema)))
+
+
+@cli.command("demo")
+@click.option("--out", default="reports/demo", show_default=True, metavar="DIR", help="Folder for the report.")
+@click.option("--data", default="data/demo", show_default=True, metavar="PATH",
+              help="The demo's own dataset folder, emptied first (never FTLOG_DATA).")  # fmt: skip
+@click.option("--seed", default=1, show_default=True, help="Same seed, same population.")
+@click.option("--speed", default=50.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Simulated time runs this many times faster than real time.")  # fmt: skip
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.05), help="Seconds.")
+@handle_errors
+def demo_command(out: str, data: str, seed: int, speed: float, interval: float) -> None:
+    """Simulate fine-tuning jobs, collect them until they finish, write the report; print the index.html path."""
+    from .demo import run_demo
+
+    with stop_on_interrupt() as stop:
+        index = run_demo(data=data, out=out, seed=seed, speed=speed, interval=interval, stop=stop,
+                         progress=lambda line: click.echo(line, err=True))  # fmt: skip
+    click.echo(str(index))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -18,7 +18,7 @@ from typing import Any
 
 from .client import QianfanClient
 from .errors import ApiError, AuthError, FtlogError, TransportError
-from .schema import TERMINAL_STATUSES, normalise
+from .schema import TERMINAL_STATUSES, normalise, utf8
 from .store import Dataset, TaskState, same_value
 
 log = logging.getLogger(__name__)
@@ -68,22 +68,33 @@ class RoundResult:
         return text + (" (interrupted)" if self.interrupted else "")
 
 
-def discover(client: QianfanClient, selection: Selection, result: RoundResult) -> list[str]:
-    """Task ids of the selection, in a stable order, without duplicates. Listing errors of single jobs are
-    recorded in ``result.discovery_errors``; credential and connection errors propagate."""
+def discover(
+    client: QianfanClient, selection: Selection, result: RoundResult, *, concurrency: int = DEFAULT_CONCURRENCY
+) -> list[str]:
+    """Task ids of the selection, in a stable order, without duplicates. Jobs are listed concurrently (one
+    listing per job, so ``--all`` over many jobs would otherwise take one round trip per job in a row). Listing
+    errors of single jobs are recorded in ``result.discovery_errors``; credential and connection errors propagate."""
     task_ids = dict.fromkeys(selection.task_ids)
     job_ids = list(selection.job_ids)
     if selection.all_jobs:
         job_ids += [job["jobId"] for job in client.iter_jobs()]
-    for job_id in dict.fromkeys(job_ids):
+
+    def list_tasks(job_id: str) -> list[str] | ApiError:
         try:
-            for task in client.iter_tasks(job_id):
-                task_ids.setdefault(task["taskId"])
+            return [task["taskId"] for task in client.iter_tasks(job_id)]
         except (AuthError, TransportError):
             raise
         except ApiError as exc:
-            log.warning("cannot list the tasks of %s: %s", job_id, exc.message)
-            result.discovery_errors.append(exc)
+            return exc
+
+    unique = list(dict.fromkeys(job_ids))
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ftlog-list") as pool:
+        for job_id, listed in zip(unique, pool.map(list_tasks, unique), strict=True):
+            if isinstance(listed, ApiError):
+                log.warning("cannot list the tasks of %s: %s", job_id, listed.message)
+                result.discovery_errors.append(listed)
+            else:
+                task_ids.update(dict.fromkeys(listed))
     return list(task_ids)
 
 
@@ -95,14 +106,15 @@ def collect_round(
     concurrency: int = DEFAULT_CONCURRENCY,
     now: Callable[[], datetime] = utcnow,
     stop: threading.Event | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     compact: bool = True,
 ) -> RoundResult:
     """Describe every selected task once and append what changed. Raises only when nothing could be done
-    (credentials rejected, API unreachable); per-task failures are counted and stored in ``polls``."""
+    (credentials rejected, API unreachable); per-task failures are counted and stored in ``polls``.
+    ``progress(done, total)`` is called after each describe."""
     started = time.monotonic()
     result = RoundResult()
-    task_ids = discover(client, selection, result)
+    task_ids = discover(client, selection, result, concurrency=concurrency)
     result.tasks = len(task_ids)
     state = dataset.load_state()
     snapshots: list[dict[str, Any]] = []
@@ -119,8 +131,8 @@ def collect_round(
             result.errors += 1
             result.failures.append(outcome)
             result.statuses[task_id] = state[task_id].run_status if task_id in state else None
-            poll.update(outcome="error", http_status=outcome.status, error_code=outcome.code,
-                        error_message=outcome.message, request_id=outcome.request_id)  # fmt: skip
+            poll.update(outcome="error", http_status=outcome.status, error_code=outcome.code and utf8(outcome.code),
+                        error_message=utf8(outcome.message), request_id=outcome.request_id)  # fmt: skip
             continue
         answer = outcome
         row = normalise(task_id, answer.result, polled_at, answer.request_id)
@@ -180,7 +192,7 @@ def _describe_all(
     task_ids: list[str],
     concurrency: int,
     stop: threading.Event | None,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int, int], None] | None,
 ) -> Iterator[tuple[str, Any, float]]:
     """Yield ``(task_id, Answer | ApiError, seconds)`` as describes finish, with at most ``concurrency`` in
     flight (so memory stays bounded however many tasks there are). Stops submitting once ``stop`` is set."""
@@ -194,6 +206,14 @@ def _describe_all(
 
     pending: set[Future[tuple[str, Any, float]]] = set()
     queue: Iterable[str] = iter(task_ids)
+    finished = 0
+
+    def report() -> None:
+        nonlocal finished
+        finished += 1
+        if progress:
+            progress(finished, len(task_ids))
+
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ftlog-describe") as pool:
         for task_id in queue:
             if stop and stop.is_set():
@@ -203,12 +223,10 @@ def _describe_all(
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
-                    if progress:
-                        progress(1)
+                    report()
         for future in pending:
             yield future.result()
-            if progress:
-                progress(1)
+            report()
 
 
 def _raise_if_nothing_worked(result: RoundResult) -> None:
@@ -233,7 +251,8 @@ def watch(
     on_error: Callable[[FtlogError], None] = lambda e: None,
 ) -> RoundResult | None:
     """Run rounds every ``interval`` seconds until ``stop`` is set or, with ``until_done``, every selected task is
-    terminal. A round that fails as a whole is reported and retried at the next interval."""
+    terminal. A round that fails as a whole is reported and retried at the next interval, unless the credentials
+    were rejected."""
     last: RoundResult | None = None
     while not stop.is_set():
         began = time.monotonic()
@@ -242,9 +261,9 @@ def watch(
             on_round(last)
             if until_done and last.all_terminal:
                 break
+        except AuthError:
+            raise  # rejected credentials stay rejected: end the watch with the error, reported once
         except FtlogError as exc:
             on_error(exc)
-            if isinstance(exc, AuthError):
-                raise
         stop.wait(max(0.0, interval - (time.monotonic() - began)))
     return last

@@ -83,6 +83,7 @@ POLLS = pa.schema(
 TABLES: dict[str, pa.Schema] = {"snapshots": SNAPSHOTS, "checkpoints": CHECKPOINTS, "polls": POLLS}
 TIME_COLUMNS = {"snapshots": "observed_at", "checkpoints": "observed_at", "polls": "polled_at"}
 
+INT64_MAX = 2**63 - 1
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*%?\s*$")
 _ZERO_TIMES = {"0000-00-00T00:00:00Z", "0000-00-00 00:00:00", "0000-00-00T00:00:00", "0000-00-00"}
 
@@ -92,12 +93,19 @@ def as_number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        number = float(value)
+        number = _float(value)
     elif isinstance(value, str) and (match := _NUMBER.match(value)):
         number = float(match.group(1))
     else:
         return None
-    return number if math.isfinite(number) else None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _float(value: int | float) -> float | None:
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a double
+        return None
 
 
 def as_time(value: Any) -> datetime | None:
@@ -109,27 +117,42 @@ def as_time(value: Any) -> datetime | None:
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # not a date, or an offset that moves it out of datetime's range
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
 
 
 def as_text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value != "" else None
+    return utf8(value) if isinstance(value, str) and value != "" else None
+
+
+def utf8(text: str) -> str:
+    """JSON may carry lone surrogates that Parquet (UTF-8 only) rejects; escape them instead of failing a write."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _as_step(value: Any) -> int | None:
+    step: int | None = None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
+        step = value
+    elif isinstance(value, float) and value.is_integer():
+        step = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
+        step = int(value.strip())
+    # Beyond int64 the value cannot be stored, and would fail the whole write.
+    return step if step is not None and -INT64_MAX <= step <= INT64_MAX else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _as_float(value: Any) -> float | None:
@@ -137,7 +160,7 @@ def _as_float(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        return _float(value)
     if isinstance(value, str):
         try:
             return float(value)
@@ -157,22 +180,21 @@ class Normalised:
 
 
 def parse_checkpoints(value: Any) -> tuple[list[dict[str, Any]], bool]:
-    """Return the well-formed checkpoints and whether the whole list was well formed."""
+    """Return the usable checkpoints and whether the whole list was well formed (a list of entries with an
+    integer step and numeric or missing values), i.e. whether ``checkpoints`` rows hold all of it."""
     if not isinstance(value, list):
-        return [], value is None
+        return [], False
     rows = []
+    clean = True
     for item in value:
         step = _as_step(item.get("step")) if isinstance(item, dict) else None
         if step is None:
+            clean = False
             continue
-        rows.append(
-            {
-                "step": step,
-                "perplexity": _as_float(item.get("perplexity")),
-                "training_loss": _as_float(item.get("trainingLoss")),
-            }
-        )
-    return rows, len(rows) == len(value)
+        perplexity, loss = item.get("perplexity"), item.get("trainingLoss")
+        rows.append({"step": step, "perplexity": _as_float(perplexity), "training_loss": _as_float(loss)})
+        clean = clean and isinstance(item["step"], int) and all(v is None or _is_number(v) for v in (perplexity, loss))
+    return rows, clean
 
 
 def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, request_id: str | None) -> Normalised:
@@ -180,7 +202,7 @@ def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, reque
     checkpoints, clean = parse_checkpoints(result.get("checkpointList"))
     # checkpointList lives in its own table; keep it in raw only when part of it could not be parsed.
     kept = {k: v for k, v in result.items() if k != "checkpointList" or not clean}
-    raw = json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str)
+    raw = utf8(json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str))
     row: dict[str, Any] = {"task_id": as_text(result.get("taskId")) or task_id}
     for column, key in STRING_FIELDS.items():
         row[column] = as_text(result.get(key))
@@ -189,10 +211,14 @@ def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, reque
     row["finish_time"] = as_time(_first(result, "finishTime", "finishDate"))
     code = result.get("errorCode")
     row["error_code"] = (
-        str(code) if isinstance(code, (int, str)) and not isinstance(code, bool) and code != "" else None
+        utf8(str(code)) if isinstance(code, (int, str)) and not isinstance(code, bool) and code != "" else None
     )
     metrics = result.get("metrics")
-    pairs = [{"metric": str(k), "value": as_number(v)} for k, v in metrics.items()] if isinstance(metrics, dict) else []
+    pairs = (
+        [{"metric": utf8(str(k)), "value": as_number(v)} for k, v in metrics.items()]
+        if isinstance(metrics, dict)
+        else []
+    )
     for key, column in METRIC_COLUMNS.items():
         row[column] = next((p["value"] for p in pairs if p["metric"] == key), None)
     row["metrics"] = pairs or None

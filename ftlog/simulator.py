@@ -402,7 +402,8 @@ class Simulator:
             job_id = body.get("jobId")
             if not isinstance(job_id, str) or job_id not in {job["jobId"] for job in self.all_jobs()}:
                 return 400, _error("InvalidRequestArgumentError", f"job {job_id!r} does not exist")
-            items = [self.task_result(tid) for tid in self.job_task_ids(job_id)]
+            # A scripted result may lack taskId (tests send odd payloads); a list item always carries it.
+            items = [{"taskId": tid, **(self.task_result(tid) or {})} for tid in self.job_task_ids(job_id)]
             return 200, {"result": _page([i for i in items if i], body, "taskList", "taskId")}
         return 400, _error("InvalidAction", f"unsupported Action {action!r}")
 
@@ -461,6 +462,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes; Nagle would add ~40 ms to each
     _logged_body: dict[str, Any]
 
     def log_message(self, format: str, *args: Any) -> None:

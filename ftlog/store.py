@@ -157,20 +157,23 @@ class Dataset:
     def duckdb_source(self, name: str) -> str:
         """A DuckDB table expression over every data file of ``name`` (hive partitions, schema by name)."""
         if self.is_local:
-            pattern = self.path(name, "date=*", "*.parquet").replace("'", "''")
+            # Like Hive and pyarrow, skip files whose names start with "_" or ".".
+            pattern = self.path(name, "date=*", "[!._]*.parquet").replace("'", "''")
             return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
         raise DataError(f"querying {self.location} directly is not supported yet")
 
     # -- collector state --------------------------------------------------------------------------------------
     def load_state(self) -> dict[str, TaskState]:
+        """The last known state of every task, read from the state file: its cost follows the number of tasks,
+        not the length of history. A missing or unreadable file is rebuilt from the dataset and saved again."""
         path = self.path("_state", "tasks.parquet")
         try:
             table = pq.read_table(path, filesystem=self.fs)
         except FileNotFoundError:
-            return self._state_from_history()
+            return self._rebuild_state()
         except (OSError, pa.ArrowException) as exc:
             log.warning("collector state %s is unreadable (%s); rebuilding it from the dataset", path, exc)
-            return self._state_from_history()
+            return self._rebuild_state()
         return {row["task_id"]: _task_state(row) for row in conform(table, STATE).to_pylist()}
 
     def save_state(self, changes: dict[str, TaskState]) -> None:
@@ -180,6 +183,17 @@ class Dataset:
             old = state.get(task_id)
             if old is None or old.observed_at is None or (new.observed_at and new.observed_at >= old.observed_at):
                 state[task_id] = new
+        self._write_state(state)
+
+    def _rebuild_state(self) -> dict[str, TaskState]:
+        # Saved right away: otherwise a round that changes nothing would leave the file missing, and every later
+        # round would scan the whole history again.
+        state = self._state_from_history()
+        if state:
+            self._write_state(state)
+        return state
+
+    def _write_state(self, state: dict[str, TaskState]) -> None:
         rows = [
             {
                 "task_id": task_id,
@@ -245,6 +259,10 @@ class Dataset:
             tables = [self.read_table(path, name) for path in paths]
         except FileNotFoundError:
             return 0  # another compaction got there first; its merged file holds these rows
+        except (OSError, pa.ArrowException) as exc:
+            # Compaction runs after every round: one bad file must not fail every round from now on.
+            log.warning("not compacting %s/date=%s: %s (run `ftlog check`)", name, day, exc)
+            return 0
         merged = dedupe(name, pa.concat_tables(tables))
         self.write_table(name, merged, date.fromisoformat(day), now)
         for path in paths:
@@ -279,9 +297,12 @@ def dedupe(name: str, table: pa.Table) -> pa.Table:
     try:
         con.register("t", table)
         time_column = TIME_COLUMNS[name]
-        result = con.sql(
+        relation = con.sql(
             f"SELECT DISTINCT ON ({NATURAL_KEYS[name]}) * FROM t ORDER BY {NATURAL_KEYS[name]}, {time_column}"
-        ).fetch_arrow_table()
+        )
+        # fetch_arrow_table() warns as deprecated from DuckDB 1.4 on, where to_arrow_table() replaces it
+        fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
+        result = fetch()
     finally:
         con.close()
     return conform(result.sort_by([("task_id", "ascending"), (TIME_COLUMNS[name], "ascending")]), TABLES[name])

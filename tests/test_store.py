@@ -1,0 +1,431 @@
+"""Normalisation, the Parquet store, compaction, de-duplicating views and the collector state file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ftlog.client import QianfanClient
+from ftlog.collect import Selection, collect_round
+from ftlog.schema import CHECKPOINTS, SNAPSHOTS, as_number, as_time, normalise
+from ftlog.simulator import Simulator
+from ftlog.store import Dataset, dedupe
+from ftlog.views import connect
+
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+DONE = {
+    "taskId": "task-done00000001",
+    "jobId": "job-a",
+    "jobName": "客服问答-1",
+    "jobDescription": "",
+    "model": "ERNIE-Speed-8K",
+    "trainMode": "SFT",
+    "parameterScale": "LoRA",
+    "runStatus": "Done",
+    "vdlLink": "https://console.bce.baidu.com/qianfan/visualdl/index?displayToken=abc",
+    "createDate": "2024-01-30T09:41:54Z",
+    "finishDate": "2024-01-30T10:12:00Z",
+    "metrics": {
+        "BLEU-4": "58.62%",
+        "ROUGE-1": "68.1%",
+        "ROUGE-2": "40%",
+        "ROUGE-L": "61.25%",
+        "EDIT-DISTANCE": "43.07",
+        "EMBEDDING-DISTANCE": "0.03",
+    },
+    "checkpointList": [
+        {"step": 128, "perplexity": 1.21, "trainingLoss": 0.19},
+        {"step": 64, "perplexity": 1.2891639471054077, "trainingLoss": 0.2539938688278198},
+    ],
+    "somethingNew": {"nested": [1, 2]},
+}
+
+
+class Clock:
+    """An injectable UTC clock that moves only when told to; ``ticks`` counts the rounds run with it."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+        self.ticks = 0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def snapshot_of(result: dict[str, Any]) -> dict[str, Any]:
+    return normalise("task-x", result, T0, "req-1").snapshot
+
+
+def view_rows(dataset: Dataset) -> dict[str, list[tuple[Any, ...]]]:
+    """Every view's rows, sorted, so two dataset states can be compared for equality."""
+    queries = {
+        "snapshots": "SELECT task_id, observed_at, state_hash, run_status, run_progress, raw FROM snapshots",
+        "tasks": "SELECT task_id, state_hash, first_seen_at, last_polled_at FROM tasks",
+        "checkpoints": "SELECT * FROM checkpoints",
+        "polls": "SELECT poll_id, task_id, polled_at, outcome FROM polls",
+        "metric_values": "SELECT * FROM metric_values",
+        "status_changes": "SELECT * FROM status_changes",
+    }
+    con = connect(dataset)
+    try:
+        return {name: sorted(con.execute(sql).fetchall(), key=repr) for name, sql in queries.items()}
+    finally:
+        con.close()
+
+
+def parquet_files(data: Path) -> list[Path]:
+    return sorted(data.rglob("*.parquet"))
+
+
+STORE_TASKS = tuple(f"task-store{k:07d}" for k in range(3))
+
+
+def run_rounds(
+    client: QianfanClient, dataset: Dataset, clock: Clock, rounds: int, sim: Simulator, *, compact: bool = True
+) -> None:
+    """Rounds one minute apart over scripted tasks (so nothing depends on wall-clock speed); in each round every
+    task changes and reports one new checkpoint, so every round writes a file to every table."""
+    for _ in range(rounds):
+        clock.ticks += 1
+        points = [{"step": 64 * n, "perplexity": 1 + 1 / n, "trainingLoss": 1 / n} for n in range(1, clock.ticks + 1)]
+        for k, task_id in enumerate(STORE_TASKS):
+            result = {**DONE, "taskId": task_id, "runStatus": "Running", "runProgress": f"{clock.ticks + k}%"}
+            sim.script(task_id, {**result, "checkpointList": points})
+        collect_round(client, dataset, Selection(task_ids=STORE_TASKS), now=clock, compact=compact)
+        clock.advance(minutes=1)
+
+
+# -- normalisation --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("99%", 99.0),
+        ("16.56%", 16.56),
+        ("43.07", 43.07),
+        (" 7 % ", 7.0),
+        (7, 7.0),
+        (0.5, 0.5),
+        ("abc", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        ([1], None),
+        (float("inf"), None),
+        (10**400, None),  # valid JSON, too large for a double
+    ],
+    ids=lambda value: repr(value)[:12],
+)
+def test_as_number(value: Any, expected: float | None) -> None:
+    assert as_number(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-01-30T09:41:54Z", datetime(2024, 1, 30, 9, 41, 54, tzinfo=timezone.utc)),
+        ("2024-01-30 09:41:54", datetime(2024, 1, 30, 9, 41, 54, tzinfo=timezone.utc)),
+        ("2024-01-30T17:41:54+08:00", datetime(2024, 1, 30, 9, 41, 54, tzinfo=timezone.utc)),
+        ("0000-00-00T00:00:00Z", None),
+        ("0000-00-00 00:00:00", None),
+        ("", None),
+        ("yesterday", None),
+        (1706607714, None),
+        ("0001-01-01T00:00:00+01:00", None),  # parses, but converting it to UTC overflows
+    ],
+)
+def test_as_time(value: Any, expected: datetime | None) -> None:
+    assert as_time(value) == expected
+
+
+def test_normalise_done_task_with_date_spelling() -> None:
+    row = normalise("task-done00000001", DONE, T0, "req-1")
+    snap = row.snapshot
+    assert snap["run_status"] == "Done"
+    assert snap["job_name"] == "客服问答-1"
+    assert snap["job_description"] is None  # empty string -> NULL
+    assert snap["run_progress"] is None
+    assert snap["create_time"] == datetime(2024, 1, 30, 9, 41, 54, tzinfo=timezone.utc)
+    assert snap["finish_time"] == datetime(2024, 1, 30, 10, 12, tzinfo=timezone.utc)
+    assert (snap["bleu_4"], snap["rouge_1"], snap["rouge_2"], snap["rouge_l"]) == (58.62, 68.1, 40.0, 61.25)
+    assert {m["metric"]: m["value"] for m in snap["metrics"]} == {
+        "BLEU-4": 58.62,
+        "ROUGE-1": 68.1,
+        "ROUGE-2": 40.0,
+        "ROUGE-L": 61.25,
+        "EDIT-DISTANCE": 43.07,
+        "EMBEDDING-DISTANCE": 0.03,
+    }
+    assert snap["checkpoint_count"] == 2
+    assert [p["step"] for p in row.checkpoints] == [128, 64]
+    raw = json.loads(snap["raw"])
+    assert "checkpointList" not in raw  # it lives in the checkpoints table
+    assert raw["somethingNew"] == {"nested": [1, 2]}  # unknown fields are kept
+    assert raw == {k: v for k, v in DONE.items() if k != "checkpointList"}
+
+
+def test_time_spellings_are_equivalent() -> None:
+    with_time = {k: v for k, v in DONE.items() if k not in ("createDate", "finishDate")}
+    with_time |= {"createTime": DONE["createDate"], "finishTime": DONE["finishDate"]}
+    assert snapshot_of(with_time)["create_time"] == snapshot_of(DONE)["create_time"]
+    assert snapshot_of(with_time)["finish_time"] == snapshot_of(DONE)["finish_time"]
+
+
+def test_normalise_running_and_failed() -> None:
+    running = snapshot_of({"runStatus": "Running", "runProgress": "16.56%", "finishTime": "0000-00-00T00:00:00Z"})
+    assert running["run_progress"] == 16.56
+    assert running["finish_time"] is None
+    failed = snapshot_of({"runStatus": "Failed", "errorCode": 500203, "errorMessage": "GPU out of memory"})
+    assert (failed["error_code"], failed["error_message"]) == ("500203", "GPU out of memory")
+
+
+WEIRD: list[tuple[str, Any]] = [
+    ("runProgress", 99),
+    ("runProgress", "abc"),
+    ("runProgress", None),
+    ("runProgress", True),
+    ("runProgress", 10**400),
+    ("runStatus", "Paused"),
+    ("runStatus", 5),
+    ("checkpointList", None),
+    ("checkpointList", {"step": 1, "perplexity": 2.0}),
+    ("checkpointList", ["step 64", "step 128"]),
+    ("checkpointList", [{"step": "²"}, {"step": 2**70}, {"step": 64, "perplexity": "abc"}, None]),
+    ("checkpointList", [{"step": 64, "perplexity": 10**400, "trainingLoss": [0.1]}]),
+    ("metrics", {"BLEU-4": None, "ROUGE-1": "n/a", "ROUGE-L": [1], "EDIT-DISTANCE": 10**400}),
+    ("metrics", "n/a"),
+    ("createTime", 1706607714),
+    ("createTime", "0001-01-01T00:00:00+01:00"),
+    ("errorCode", True),
+    ("errorCode", 1.5),
+    ("jobName", "bad \ud800 text"),
+    ("vdlLink", {"url": "x"}),
+    ("brandNewField", {"nested": [1, None, "x"]}),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), WEIRD, ids=[f"{k}={v!r}"[:40] for k, v in WEIRD])
+def test_weird_values_become_null_and_raw_keeps_them(key: str, value: Any) -> None:
+    result = {**DONE, "runStatus": "Running", key: value}
+    row = normalise("task-x", result, T0, "req-1")
+    # The rows fit the declared schemas, so the write cannot fail either.
+    pa.Table.from_pylist([row.snapshot], schema=SNAPSHOTS)
+    pa.Table.from_pylist([{"task_id": "t", **p, "observed_at": T0} for p in row.checkpoints], schema=CHECKPOINTS)
+    assert json.loads(row.snapshot["raw"])[key] == value
+
+
+def test_wrong_typed_values_become_null() -> None:
+    snap = snapshot_of({"runStatus": "Paused", "runProgress": "abc", "metrics": {"BLEU-4": "n/a", "ROUGE-1": None}})
+    assert snap["run_status"] == "Paused"  # unknown statuses are stored as they came
+    assert snap["run_progress"] is None
+    assert snap["bleu_4"] is None and snap["rouge_1"] is None
+    assert {m["metric"] for m in snap["metrics"]} == {"BLEU-4", "ROUGE-1"}
+    partly_bad = normalise("t", {"checkpointList": [{"step": 64, "perplexity": 1.5}, {"step": "x"}]}, T0, None)
+    assert partly_bad.checkpoints == [{"step": 64, "perplexity": 1.5, "training_loss": None}]
+
+
+def test_state_hash_follows_the_normalised_state() -> None:
+    base = snapshot_of(DONE)["state_hash"]
+    assert snapshot_of(dict(reversed(DONE.items())))["state_hash"] == base  # key order is not a change
+    moved_points = [{**p, "trainingLoss": 0.01} for p in DONE["checkpointList"]]
+    assert snapshot_of({**DONE, "checkpointList": moved_points})["state_hash"] == base  # checkpoints table's job
+    assert snapshot_of({**DONE, "runStatus": "Running"})["state_hash"] != base
+    assert snapshot_of({**DONE, "somethingNew": 2})["state_hash"] != base
+    assert snapshot_of({**DONE, "checkpointList": DONE["checkpointList"][:1]})["state_hash"] != base
+
+
+# -- writing --------------------------------------------------------------------------------------------------
+
+
+def test_append_writes_one_file_per_date_atomically(dataset: Dataset, data: Path) -> None:
+    rows = [
+        normalise("task-a", DONE, T0, "r1").snapshot,
+        normalise("task-b", DONE, T0 + timedelta(hours=1), "r2").snapshot,
+        normalise("task-c", DONE, T0 + timedelta(days=1), "r3").snapshot,
+    ]
+    paths = dataset.append("snapshots", rows, T0)
+    assert [Path(p).parent.name for p in paths] == ["date=2024-03-01", "date=2024-03-02"]
+    assert not list(data.rglob("*.tmp"))
+    assert pq.read_schema(paths[0]).equals(SNAPSHOTS)
+    assert dataset.append("snapshots", [], T0) == []
+
+
+def test_leftover_tmp_files_are_invisible_and_cleaned_up_when_stale(dataset: Dataset, data: Path) -> None:
+    dataset.append("snapshots", [normalise("task-a", DONE, T0, "r1").snapshot], T0)
+    good = parquet_files(data)[0]
+    # What a writer killed mid-write leaves behind: a truncated file under a temporary name.
+    leftover = good.with_name(good.name + ".1234abcd.tmp")
+    leftover.write_bytes(good.read_bytes()[:40])
+    assert dataset.files("snapshots") == [str(good)]
+    assert len(view_rows(dataset)["snapshots"]) == 1
+    dataset.compact(datetime.now(timezone.utc))
+    assert leftover.exists()  # it might still be a live write of another collector
+    old = time.time() - 2 * 3600
+    os.utime(leftover, (old, old))
+    dataset.compact(datetime.now(timezone.utc))
+    assert not leftover.exists()
+    assert parquet_files(data) == [good]
+
+
+# -- compaction and de-duplication ----------------------------------------------------------------------------
+
+
+def test_compaction_merges_closed_partitions_and_keeps_results(
+    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path
+) -> None:
+    clock = Clock(T0)
+    run_rounds(client, dataset, clock, 3, sim)  # day 1: compaction after each round finds nothing closed
+    clock.advance(days=1)
+    run_rounds(client, dataset, clock, 2, sim, compact=False)
+    tables = ("snapshots", "checkpoints", "polls")
+    assert all(len(list((data / t / "date=2024-03-01").glob("*.parquet"))) == 3 for t in tables)
+    before = view_rows(dataset)
+    assert len(before["snapshots"]) == 15 and len(before["polls"]) == 15 and len(before["checkpoints"]) == 15
+
+    assert dataset.compact(clock()) == 9  # `ftlog compact`: day 1 is closed, day 2 is still open
+    for table in tables:
+        assert len(list((data / table / "date=2024-03-01").glob("*.parquet"))) == 1, table
+        assert len(list((data / table / "date=2024-03-02").glob("*.parquet"))) == 2, table
+    assert view_rows(dataset) == before
+
+    clock.advance(days=1)
+    run_rounds(client, dataset, clock, 1, sim)  # a regular round compacts the partition that just closed
+    for table in tables:
+        assert len(list((data / table / "date=2024-03-02").glob("*.parquet"))) == 1, table
+    assert len(view_rows(dataset)["polls"]) == 18
+
+
+def test_views_are_identical_before_during_and_after_an_interrupted_compaction(
+    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path
+) -> None:
+    clock = Clock(T0)
+    for n in range(3):
+        run_rounds(client, dataset, clock, 1, sim)
+        collect_round(client, dataset, Selection(task_ids=("task-store0000000",)), now=clock, compact=False)
+        clock.advance(minutes=1 + n)
+    before = view_rows(dataset)
+    files_before = {table: dataset.files(table) for table in ("snapshots", "checkpoints", "polls")}
+
+    # A compaction that wrote its merged files and died before deleting the sources: every row is there twice.
+    for table, paths in files_before.items():
+        merged = dedupe(table, pa.concat_tables(dataset.read_table(p, table) for p in paths))
+        dataset.write_table(table, merged, T0.date(), clock())
+        assert len(dataset.files(table)) == len(paths) + 1
+    assert view_rows(dataset) == before
+
+    # Two overlapping collectors may also have written the very same rows (here: a copied file).
+    copy = Path(files_before["snapshots"][0])
+    shutil.copy(copy, copy.with_name("20240301T000000000000-copy0000.parquet"))
+    assert view_rows(dataset) == before
+
+    removed = dataset.compact(T0 + timedelta(days=1))
+    assert removed == sum(len(paths) + 1 for paths in files_before.values()) + 1
+    assert all(len(dataset.files(table)) == 1 for table in files_before)
+    assert view_rows(dataset) == before
+    assert dataset.compact(T0 + timedelta(days=1)) == 0  # nothing left to do
+
+
+def test_open_partition_is_compacted_only_when_it_has_many_files(
+    sim: Simulator, client: QianfanClient, dataset: Dataset
+) -> None:
+    clock = Clock(T0)
+    run_rounds(client, dataset, clock, 3, sim)
+    before = view_rows(dataset)
+    assert dataset.compact(clock(), open_max_files=4) == 0
+    assert len(dataset.files("polls")) == 3
+    assert dataset.compact(clock(), open_max_files=3) == 9
+    assert len(dataset.files("polls")) == 1
+    assert view_rows(dataset) == before
+
+
+def test_a_bad_file_does_not_stop_compaction_of_other_partitions(
+    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(T0)
+    run_rounds(client, dataset, clock, 2, sim)
+    clock.advance(days=1)
+    run_rounds(client, dataset, clock, 2, sim)
+    bad = data / "polls" / "date=2024-03-01" / "20240301T999999999999-notparq.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with caplog.at_level(logging.WARNING, logger="ftlog.store"):
+        dataset.compact(T0 + timedelta(days=5))
+    assert "polls/date=2024-03-01" in caplog.text
+    assert len(list(bad.parent.glob("*.parquet"))) == 2  # left alone for `ftlog check` to report
+    assert len(list((data / "polls" / "date=2024-03-02").glob("*.parquet"))) == 1
+    assert len(list((data / "snapshots" / "date=2024-03-01").glob("*.parquet"))) == 1
+
+
+# -- collector state ------------------------------------------------------------------------------------------
+
+
+def test_load_state_reads_the_state_file_not_the_history(
+    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path
+) -> None:
+    clock = Clock(T0)
+    run_rounds(client, dataset, clock, 2, sim)
+    state = dataset.load_state()
+    assert (data / "_state" / "tasks.parquet").is_file()
+    assert set(state) == {f"task-store{k:07d}" for k in range(3)}
+    assert all(len(s.checkpoints) == 2 for s in state.values())
+    # Without any history the state is still complete: it came from the state file alone.
+    for table in ("snapshots", "checkpoints", "polls"):
+        shutil.rmtree(data / table)
+    assert dataset.load_state() == state
+
+
+def test_deleted_state_is_rebuilt_without_duplicate_rows(
+    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path
+) -> None:
+    clock = Clock(T0)
+    run_rounds(client, dataset, clock, 2, sim)
+    state = dataset.load_state()
+    raw_counts = _raw_counts(dataset)
+    (data / "_state" / "tasks.parquet").unlink()
+
+    assert dataset.load_state() == state
+    assert (data / "_state" / "tasks.parquet").is_file()  # saved again, so later rounds read only the file
+
+    (data / "_state" / "tasks.parquet").unlink()
+    result = collect_round(client, dataset, Selection(task_ids=tuple(state)), now=clock)  # nothing changed
+    assert (result.changed, result.unchanged, result.new_checkpoints) == (0, 3, 0)
+    assert _raw_counts(dataset) == {**raw_counts, "polls": raw_counts["polls"] + 3}
+    assert (data / "_state" / "tasks.parquet").is_file()
+
+
+def test_unreadable_state_is_rebuilt(
+    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(T0)
+    run_rounds(client, dataset, clock, 1, sim)
+    state = dataset.load_state()
+    (data / "_state" / "tasks.parquet").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="ftlog.store"):
+        assert dataset.load_state() == state
+    assert "unreadable" in caplog.text
+    assert pq.read_table(data / "_state" / "tasks.parquet").num_rows == 3
+
+
+def _raw_counts(dataset: Dataset) -> dict[str, int]:
+    """Rows stored, before any de-duplication by the views."""
+    con = connect(dataset)
+    try:
+        return {
+            t: con.execute(f"SELECT count(*) FROM _{t}").fetchone()[0] for t in ("snapshots", "checkpoints", "polls")
+        }
+    finally:
+        con.close()
