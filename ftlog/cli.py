@@ -26,6 +26,9 @@ from . import __version__
 from .client import DEFAULT_RPS, QianfanClient, base_url_from_env, load_credentials, settings
 from .collect import DEFAULT_CONCURRENCY, RoundResult, Selection, collect_round, watch
 from .errors import FtlogError
+from .events import KINDS
+from .notify import FORMATS as NOTIFY_FORMATS
+from .notify import Notifier, targets_from
 from .store import Dataset
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,6 +129,15 @@ def stop_on_interrupt() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit()) or int(count) < 1 or int(index) > int(count):
+        raise click.BadParameter(f"{value!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
+    return int(index), int(count)
+
+
 def make_client(endpoint: str | None, rps: float) -> QianfanClient:
     return QianfanClient(load_credentials(), base_url=endpoint or base_url_from_env(), rps=rps)
 
@@ -141,6 +153,16 @@ def make_client(endpoint: str | None, rps: float) -> QianfanClient:
 @click.option("--rps", envvar="FTLOG_RPS", type=click.FloatRange(min=0.01), default=DEFAULT_RPS,
               show_default=True, help="Requests-per-second cap (env FTLOG_RPS).")  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(min=1, max=64), default=DEFAULT_CONCURRENCY, show_default=True)
+@click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: parse_shard(value),
+              help="Collect only the jobs whose stable hash falls in shard I of N (1 <= I <= N).")  # fmt: skip
+@click.option("--notify", "notify_urls", multiple=True, metavar="URL",
+              help="POST each event to this webhook (repeatable; env FTLOG_NOTIFY, space-separated).")  # fmt: skip
+@click.option("--notify-command", "notify_commands", multiple=True, metavar="CMD",
+              help="Run CMD (no shell) with each event as JSON on stdin (env FTLOG_NOTIFY_COMMAND).")  # fmt: skip
+@click.option("--notify-format", type=click.Choice(NOTIFY_FORMATS),
+              help="Webhook body; auto: chat robot format by host, else JSON (env FTLOG_NOTIFY_FORMAT).")  # fmt: skip
+@click.option("--stall-minutes", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Report a stall when a Running task's progress has not moved for this long (0: never).")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @data_option
 @handle_errors
@@ -154,6 +176,11 @@ def collect(
     endpoint: str | None,
     rps: float,
     concurrency: int,
+    shard: tuple[int, int] | None,
+    notify_urls: tuple[str, ...],
+    notify_commands: tuple[str, ...],
+    notify_format: str | None,
+    stall_minutes: float,
     quiet: bool,
     data: str,
 ) -> None:
@@ -162,23 +189,30 @@ def collect(
         raise click.UsageError("--until-done needs --watch")
     if not (task_ids or job_ids or all_jobs):
         raise click.UsageError("nothing to collect: name task ids, use --job JOB_ID, or --all")
-    selection = Selection(task_ids, job_ids, all_jobs)
+    if shard and not (job_ids or all_jobs):
+        raise click.UsageError("--shard splits jobs: use it with --all or --job")
+    selection = Selection(task_ids, job_ids, all_jobs, shard)
     dataset = Dataset(data)
     client = make_client(endpoint, rps)
+    targets = targets_from(notify_urls, notify_commands, notify_format)
+    events: dict[str, Any] = {"stall_after": timedelta(minutes=stall_minutes) if stall_minutes else None,
+                              "notifier": Notifier(targets) if targets else None}  # fmt: skip
     show = not quiet and sys.stderr.isatty()
 
     with stop_on_interrupt() as stop:
 
         def one_round() -> RoundResult:
             if not show:
-                return collect_round(client, dataset, selection, concurrency=concurrency, stop=stop)
+                return collect_round(client, dataset, selection, concurrency=concurrency, stop=stop, **events)
             with click.progressbar(length=0, label="describing", file=sys.stderr, show_pos=True) as bar:
 
                 def step(done: int, total: int) -> None:
                     bar.length = total  # known only once discovery has listed the tasks
                     bar.update(done - bar.pos)
 
-                return collect_round(client, dataset, selection, concurrency=concurrency, stop=stop, progress=step)
+                return collect_round(
+                    client, dataset, selection, concurrency=concurrency, stop=stop, progress=step, **events
+                )
 
         def report(result: RoundResult) -> None:
             if not quiet:
@@ -201,11 +235,16 @@ def collect(
 @handle_errors
 def query(sql: str, fmt: str, data: str) -> None:
     """Run SQL against the views (snapshots, tasks, checkpoints, metrics, metric_values, status_changes, polls)."""
-    from .views import connect
+    from .views import connect, retry_vanished
 
     with connect(data) as con:
-        relation = con.sql(sql)
-        frame = relation.df() if relation is not None else pd.DataFrame()
+
+        def run() -> pd.DataFrame:
+            relation = con.sql(sql)
+            result: pd.DataFrame = relation.df() if relation is not None else pd.DataFrame()
+            return result
+
+        frame = retry_vanished(run)  # again if a compaction removed a file mid-query
     echo_frame(nested_as_json(frame) if fmt == "csv" else frame, fmt)
 
 
@@ -359,6 +398,48 @@ def demo_command(out: str, data: str, seed: int, speed: float, interval: float) 
         index = run_demo(data=data, out=out, seed=seed, speed=speed, interval=interval, stop=stop,
                          progress=lambda line: click.echo(line, err=True))  # fmt: skip
     click.echo(str(index))
+
+
+def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from .schema import as_time
+
+    if value is None:
+        return None
+    moment = as_time(value)
+    if moment is None:
+        raise click.BadParameter(f"{value!r}: expected an ISO time such as 2024-05-06T08:00Z (naive means UTC)")
+    return moment
+
+
+@cli.command("events")
+@click.option("--since", metavar="ISO-TIME", callback=parse_time, help="Only events at or after this time (UTC).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Only this kind (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@data_option
+@handle_errors
+def events_command(since: Any, kinds: tuple[str, ...], fmt: str, data: str) -> None:
+    """List events: tasks entering Done, Failed or Stopped, stalls, and new best checkpoints, oldest first."""
+    from .analysis import events
+
+    frame = events(data, since=since, kinds=kinds)
+    if fmt == "json":  # details as objects, not JSON text inside JSON
+        frame["details"] = frame["details"].map(json.loads)
+    echo_frame(frame, fmt)
+
+
+@cli.command("check")
+@click.option("--repair", is_flag=True, help="Move unreadable files to DATA/_quarantine/ (nothing is deleted).")
+@data_option
+@handle_errors
+def check_command(repair: bool, data: str) -> None:
+    """Report unreadable files, schema mismatches and duplicate keys; exit 1 if there are any."""
+    from .check import check
+
+    report = check(data, repair=repair)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -33,6 +33,7 @@ API_PATH = "/v2/finetuning"
 DEFAULT_RPS = 10.0
 PAGE_SIZE = 100  # the documented maximum of maxKeys
 MAX_PAGES = 100_000
+_FLAGGED_DOTENV: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ def read_dotenv(path: str | Path = ".env") -> dict[str, str]:
     if not env_path.is_file():
         return {}
     mode = env_path.stat().st_mode
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    if mode & (stat.S_IRGRP | stat.S_IROTH) and env_path.resolve() not in _FLAGGED_DOTENV:
+        _FLAGGED_DOTENV.add(env_path.resolve())  # once per process: every setting lookup reads the file again
         log.warning("%s is readable by other users; restrict it with: chmod 600 %s", env_path, env_path)
     values: dict[str, str] = {}
     for line in env_path.read_text(encoding="utf-8").splitlines():
@@ -108,12 +110,15 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def wait(self) -> None:
+        # The lock is held through the sleep and the next slot counts from when this caller actually goes: a thread
+        # that wakes late then delays the next request. Reserving slots and sleeping outside the lock let requests
+        # bunch up behind a late wake-up (up to 212 in one second at a 200/s cap, with 64 threads).
         with self._lock:
             now = self._clock()
             slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            self._sleep(slot - now)
+            if slot > now:
+                self._sleep(slot - now)
+            self._next = max(slot, self._clock()) + self.interval
 
 
 @dataclass
@@ -230,6 +235,9 @@ class QianfanClient:
             )
         except requests.Timeout:
             return TransportError(f"{action}: no answer from {self.base_url} within {self.timeout:g}s"), None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+            # The server was reached but its answer broke off (Content-Length not met, connection closed).
+            return TransportError(f"{action}: the answer from {self.base_url} was cut off"), None
         except requests.RequestException as exc:
             return TransportError(f"{action}: cannot reach {self.base_url} ({type(exc).__name__})"), None
         try:

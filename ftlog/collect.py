@@ -6,6 +6,7 @@ partitions. Every describe attempt becomes a ``polls`` row, failures included.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -13,11 +14,13 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .client import QianfanClient
 from .errors import ApiError, AuthError, FtlogError, TransportError
+from .events import DEFAULT_STALL, derive
+from .notify import DeliveryReport, Notifier
 from .schema import TERMINAL_STATUSES, normalise, utf8
 from .store import Dataset, TaskState, same_value
 
@@ -37,10 +40,35 @@ class Selection:
     task_ids: tuple[str, ...] = ()
     job_ids: tuple[str, ...] = ()
     all_jobs: bool = False
+    shard: tuple[int, int] | None = None  # (I, N): only the jobs whose stable hash falls in shard I of N
 
     def __post_init__(self) -> None:
         if not (self.task_ids or self.job_ids or self.all_jobs):
             raise FtlogError("nothing to collect: name task ids, use --job JOB_ID, or --all")
+        if self.shard is not None:
+            index, count = self.shard
+            if count < 1 or not 0 <= index <= count:
+                raise FtlogError(f"invalid shard {index}/{count}: use I/N with 1 <= I <= N")
+
+    def takes_job(self, job_id: str) -> bool:
+        """Whether this collector's shard owns ``job_id``. Shards count from 1 (``1/3``, ``2/3``, ``3/3``);
+        ``0/N`` means the same shard as ``N/N``, so a 0-based numbering covers the same jobs too."""
+        if self.shard is None:
+            return True
+        index, count = self.shard
+        return shard_of(job_id, count) == index % count
+
+    @property
+    def state_name(self) -> str:
+        if self.shard is None:
+            return "tasks"
+        index, count = self.shard
+        return f"tasks-shard-{index % count or count}-of-{count}"
+
+
+def shard_of(job_id: str, count: int) -> int:
+    """A hash that is the same on every machine and Python run (unlike ``hash()``), modulo ``count``."""
+    return int(hashlib.sha1(job_id.encode()).hexdigest()[:12], 16) % count  # noqa: S324 - not for security
 
 
 @dataclass
@@ -55,6 +83,8 @@ class RoundResult:
     failures: list[ApiError] = field(default_factory=list)
     discovery_errors: list[ApiError] = field(default_factory=list)
     interrupted: bool = False
+    events: int = 0
+    delivery: DeliveryReport | None = None  # set when notifications are configured
 
     @property
     def all_terminal(self) -> bool:
@@ -65,6 +95,7 @@ class RoundResult:
             f"{self.tasks} tasks: {self.changed} changed, {self.unchanged} unchanged, {self.errors} errors, "
             f"{self.new_checkpoints} new checkpoints in {self.seconds:.1f}s"
         )
+        text += f"; notifications: {self.delivery}" if self.delivery else ""
         return text + (" (interrupted)" if self.interrupted else "")
 
 
@@ -87,7 +118,7 @@ def discover(
         except ApiError as exc:
             return exc
 
-    unique = list(dict.fromkeys(job_ids))
+    unique = [job_id for job_id in dict.fromkeys(job_ids) if selection.takes_job(job_id)]
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ftlog-list") as pool:
         for job_id, listed in zip(unique, pool.map(list_tasks, unique), strict=True):
             if isinstance(listed, ApiError):
@@ -108,22 +139,27 @@ def collect_round(
     stop: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
     compact: bool = True,
+    stall_after: timedelta | None = DEFAULT_STALL,
+    notifier: Notifier | None = None,
 ) -> RoundResult:
     """Describe every selected task once and append what changed. Raises only when nothing could be done
     (credentials rejected, API unreachable); per-task failures are counted and stored in ``polls``.
-    ``progress(done, total)`` is called after each describe."""
+    ``progress(done, total)`` is called after each describe. Events (ftlog/events.py) are derived from what
+    each describe changes; with ``notifier``, pending events are delivered after the writes, within its budget."""
     started = time.monotonic()
     result = RoundResult()
     task_ids = discover(client, selection, result, concurrency=concurrency)
     result.tasks = len(task_ids)
+    dataset.state_name = selection.state_name
     state = dataset.load_state()
     snapshots: list[dict[str, Any]] = []
     checkpoints: list[dict[str, Any]] = []
     polls: list[dict[str, Any]] = []
     changes: dict[str, TaskState] = {}
+    events: list[dict[str, Any]] = []
+    baseline = not state  # the first round over an empty dataset reports no terminal status it merely finds
 
-    for task_id, outcome, elapsed in _describe_all(client, task_ids, concurrency, stop, progress):
-        polled_at = now()
+    for task_id, outcome, elapsed, polled_at in _describe_all(client, task_ids, concurrency, stop, progress, now):
         poll: dict[str, Any] = {"poll_id": uuid.uuid4().hex, "task_id": task_id, "polled_at": polled_at,
                                 "elapsed_ms": elapsed * 1000}  # fmt: skip
         polls.append(poll)
@@ -152,10 +188,11 @@ def collect_round(
         else:
             result.unchanged += 1
         result.statuses[task_id] = snapshot["run_status"]
-        if changed or new_points:
-            changes[task_id] = TaskState(
-                snapshot["state_hash"], snapshot["run_status"], snapshot["run_progress"], polled_at, known
-            )
+        current = TaskState(snapshot["state_hash"], snapshot["run_status"], snapshot["run_progress"], polled_at, known)
+        found = derive(previous, current, snapshot, stall_after=stall_after, baseline=baseline)
+        events += found
+        if changed or new_points or found:  # a reported stall is remembered, so it is reported once
+            changes[task_id] = current
         poll.update(outcome="changed" if changed else "unchanged", http_status=answer.status,
                     request_id=answer.request_id)  # fmt: skip
     result.interrupted = bool(stop and stop.is_set())
@@ -164,11 +201,15 @@ def collect_round(
     write_time = now()
     dataset.append("snapshots", snapshots, write_time)
     dataset.append("checkpoints", checkpoints, write_time)
+    dataset.append("events", events, write_time)
+    result.events = len(events)
     dataset.append("polls", polls, write_time)
     if changes:
         dataset.save_state(changes)
     if compact:
         dataset.compact(write_time)
+    if notifier is not None:
+        result.delivery = notifier.deliver(dataset, now=now, tasks=task_ids)  # a collector notifies of its own tasks
     result.seconds = time.monotonic() - started
     _raise_if_nothing_worked(result)
     return result
@@ -193,18 +234,22 @@ def _describe_all(
     concurrency: int,
     stop: threading.Event | None,
     progress: Callable[[int, int], None] | None,
-) -> Iterator[tuple[str, Any, float]]:
-    """Yield ``(task_id, Answer | ApiError, seconds)`` as describes finish, with at most ``concurrency`` in
-    flight (so memory stays bounded however many tasks there are). Stops submitting once ``stop`` is set."""
+    now: Callable[[], datetime] = utcnow,
+) -> Iterator[tuple[str, Any, float, datetime]]:
+    """Yield ``(task_id, Answer | ApiError, seconds, answered_at)`` as describes finish, with at most
+    ``concurrency`` in flight (so memory stays bounded however many tasks there are). Stops submitting once
+    ``stop`` is set. ``answered_at`` is taken as the answer arrives, not when it is consumed: a late stamp could
+    order two collectors' observations of one task the wrong way round."""
 
-    def describe(task_id: str) -> tuple[str, Any, float]:
+    def describe(task_id: str) -> tuple[str, Any, float, datetime]:
         began = time.monotonic()
         try:
-            return task_id, client.describe_task(task_id), time.monotonic() - began
+            answer: Any = client.describe_task(task_id)
         except ApiError as exc:
-            return task_id, exc, time.monotonic() - began
+            answer = exc
+        return task_id, answer, time.monotonic() - began, now()
 
-    pending: set[Future[tuple[str, Any, float]]] = set()
+    pending: set[Future[tuple[str, Any, float, datetime]]] = set()
     queue: Iterable[str] = iter(task_ids)
     finished = 0
 

@@ -152,7 +152,11 @@ def group_labels(frame: pd.DataFrame, by: Sequence[str]) -> pd.Series:
     if frame.empty:
         return pd.Series([], index=frame.index, dtype=object)
     parts = frame[list(by)].astype(object).where(frame[list(by)].notna(), "—").astype(str)
-    return parts.agg(" · ".join, axis=1)
+    # Column by column: a row-wise join calls Python once per row, over a minute at 500,000 checkpoints.
+    labels = parts.iloc[:, 0].rename(None)
+    for column in parts.columns[1:]:
+        labels = labels + " · " + parts[column]
+    return labels
 
 
 def palette(labels: Sequence[str]) -> dict[str, Any]:

@@ -122,11 +122,9 @@ def text(value: Any) -> str:
 
 # -- building blocks ---------------------------------------------------------------------------------------------
 def _location(source: analysis.Source) -> str:
-    if isinstance(source, Dataset):
-        return source.location
     if isinstance(source, duckdb.DuckDBPyConnection):
         return "an open DuckDB connection"
-    return str(source)
+    return (source if isinstance(source, Dataset) else Dataset(source)).display
 
 
 def _figure(out_dir: Path, file: str, title: str, caption: str, figure: Any) -> EmbeddedFigure:

@@ -52,6 +52,12 @@ SNAPSHOTS = pa.schema(
         ("rouge_l", pa.float64()),
         ("metrics", pa.list_(pa.struct([("metric", pa.string()), ("value", pa.float64())]))),
         ("checkpoint_count", pa.int32()),
+        # A summary of this answer's checkpoints (CURVE_SUMMARY), so that compare() need not read every checkpoint
+        ("last_step", pa.int64()),
+        ("final_loss", pa.float64()),
+        ("best_loss", pa.float64()),
+        ("final_perplexity", pa.float64()),
+        ("best_perplexity", pa.float64()),
         ("observed_at", TS),
         ("request_id", pa.string()),
         ("state_hash", pa.string()),
@@ -80,8 +86,33 @@ POLLS = pa.schema(
         ("elapsed_ms", pa.float64()),
     ]
 )
-TABLES: dict[str, pa.Schema] = {"snapshots": SNAPSHOTS, "checkpoints": CHECKPOINTS, "polls": POLLS}
-TIME_COLUMNS = {"snapshots": "observed_at", "checkpoints": "observed_at", "polls": "polled_at"}
+# Derived by the collector (ftlog/events.py): one row per event per observation; the view keeps the earliest.
+EVENTS = pa.schema(
+    [
+        ("event_id", pa.string()),  # sha1 of what the event means, so every collector derives the same id
+        ("task_id", pa.string()),
+        ("kind", pa.string()),
+        ("observed_at", TS),  # the `events` view calls it `at`
+        ("details", pa.string()),  # JSON text
+    ]
+)
+# One row per delivery outcome of an event to a notification target (ftlog/notify.py).
+DELIVERIES = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("task_id", pa.string()),
+        ("target", pa.string()),  # host or program name plus a short hash: never a URL that may hold a token
+        ("attempted_at", TS),
+        ("outcome", pa.string()),  # 'delivered' or 'failed'
+        ("attempts", pa.int32()),
+        ("http_status", pa.int32()),
+        ("error", pa.string()),
+    ]
+)
+TABLES: dict[str, pa.Schema] = {"snapshots": SNAPSHOTS, "checkpoints": CHECKPOINTS, "polls": POLLS,
+                                "events": EVENTS, "deliveries": DELIVERIES}  # fmt: skip
+TIME_COLUMNS = {"snapshots": "observed_at", "checkpoints": "observed_at", "polls": "polled_at", "events": "observed_at",
+                "deliveries": "attempted_at"}  # fmt: skip
 
 INT64_MAX = 2**63 - 1
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*%?\s*$")
@@ -197,6 +228,21 @@ def parse_checkpoints(value: Any) -> tuple[list[dict[str, Any]], bool]:
     return rows, clean
 
 
+CURVE_SUMMARY = ("last_step", "final_loss", "best_loss", "final_perplexity", "best_perplexity")
+
+
+def curve_summary(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """``last_step``, ``final_*`` (the value at the last step that has one) and ``best_*`` (the lowest finite value)
+    of training loss and perplexity; a step repeated in one answer counts once, its last entry, as stored."""
+    latest = {point["step"]: point for point in points}
+    summary: dict[str, Any] = {"last_step": max(latest, default=None)}
+    for key, name in (("training_loss", "loss"), ("perplexity", "perplexity")):
+        values = [(step, point[key]) for step, point in latest.items() if point[key] is not None]
+        summary[f"final_{name}"] = max(values, key=lambda pair: pair[0])[1] if values else None
+        summary[f"best_{name}"] = min((v for _, v in values if math.isfinite(v)), default=None)
+    return summary
+
+
 def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, request_id: str | None) -> Normalised:
     """One DescribeFineTuningTask result -> a snapshot row and its checkpoint rows. Never raises."""
     checkpoints, clean = parse_checkpoints(result.get("checkpointList"))
@@ -223,6 +269,7 @@ def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, reque
         row[column] = next((p["value"] for p in pairs if p["metric"] == key), None)
     row["metrics"] = pairs or None
     row["checkpoint_count"] = len(checkpoints)
+    row.update(curve_summary(checkpoints))
     row["state_hash"] = hashlib.sha1(  # noqa: S324 - a fingerprint for change detection, not security
         f"{raw}|{len(checkpoints)}".encode()
     ).hexdigest()

@@ -224,7 +224,7 @@ def build_population(
     return job_list, tasks
 
 
-FAULT_KINDS = ("429", "500", "slow", "reset", "html")
+FAULT_KINDS = ("429", "500", "slow", "reset", "html", "truncate")
 
 
 @dataclass
@@ -240,6 +240,7 @@ class Faults:
     rate_slow: float = 0.0
     rate_reset: float = 0.0
     rate_html: float = 0.0
+    rate_truncate: float = 0.0  # a 200 whose body stops short of its Content-Length, then the connection closes
     retry_after: float = 1.0
     slow_seconds: float = 5.0
     latency: float = 0.0  # added to every answer
@@ -415,7 +416,9 @@ class Simulator:
                 return None if kind == "ok" else kind
             roll = self._rng.random()
         for name, rate in zip(
-            FAULT_KINDS, (f.rate_429, f.rate_500, f.rate_slow, f.rate_reset, f.rate_html), strict=True
+            FAULT_KINDS,
+            (f.rate_429, f.rate_500, f.rate_slow, f.rate_reset, f.rate_html, f.rate_truncate),
+            strict=True,
         ):
             if roll < rate:
                 return name
@@ -517,6 +520,8 @@ class _Handler(BaseHTTPRequestHandler):
                 400, _error("MalformedJSON", "The JSON you provided was not well-formed."), request_id, action
             )
         status, answer = sim.handle(action, body)
+        if fault == "truncate":
+            return self._truncate(status, answer, request_id, action)
         self._send(status, answer, request_id, action)
 
     def _send(
@@ -547,6 +552,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+
+    def _truncate(self, status: int, body: dict[str, Any], request_id: str, action: str) -> None:
+        """Announce the whole answer, send half of it, and hang up: what a proxy dying mid-response looks like."""
+        payload = json.dumps({"requestId": request_id, **body}, ensure_ascii=False).encode()
+        self.server.sim.log.append(Logged(time.monotonic(), "truncate", status, self._logged_body))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload[: len(payload) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_WR)
 
     def _reset(self) -> None:
         self.server.sim.log.append(Logged(time.monotonic(), "reset", 0, self._logged_body))

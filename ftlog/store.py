@@ -43,6 +43,8 @@ STATE = pa.schema(
             "checkpoints",
             pa.list_(pa.struct([("step", pa.int64()), ("perplexity", pa.float64()), ("training_loss", pa.float64())])),
         ),
+        ("progress_since", TS),  # when the current run_progress was first seen (stall events)
+        ("stall_reported", pa.bool_()),
     ]
 )
 OPEN_PARTITION_MAX_FILES = 48  # compact today's partition too once it holds this many files
@@ -56,6 +58,8 @@ class TaskState:
     run_progress: float | None
     observed_at: datetime | None
     checkpoints: dict[int, tuple[float | None, float | None]]
+    progress_since: datetime | None = None  # NULL in state files written before stall events existed
+    stall_reported: bool = False
 
 
 def same_value(a: float | None, b: float | None) -> bool:
@@ -84,13 +88,21 @@ class Dataset:
                 self.fs, root = pafs.FileSystem.from_uri(text)
             else:
                 self.fs, root = pafs.LocalFileSystem(), str(Path(text).absolute())
-        except (pa.ArrowException, ValueError) as exc:
-            raise DataError(f"cannot open dataset {text!r}: {exc}") from None
+        except (pa.ArrowException, ValueError, OSError) as exc:
+            raise DataError(f"cannot open dataset {_redact(text)}: {exc}") from None
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.scheme = "" if self.is_local else text.split("://", 1)[0]
+        self.state_name = "tasks"
+        self._duckdb_fs: Any = None
 
     def __repr__(self) -> str:
-        return f"Dataset({self.location!r})"
+        return f"Dataset({self.display!r})"
+
+    @property
+    def display(self) -> str:
+        """The location as shown in output and reports: without a query string that may carry keys."""
+        return _redact(self.location)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -98,12 +110,11 @@ class Dataset:
     # -- writing ----------------------------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
         """Make ``path`` appear whole or not at all."""
-        parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
         if not self.is_local:
             with self.fs.open_output_stream(path) as out:  # one PUT of a finished object
                 out.write(data)
             return
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             with self.fs.open_output_stream(tmp) as out:
@@ -155,20 +166,41 @@ class Dataset:
         return conform(pq.read_table(path, filesystem=self.fs), TABLES[name])
 
     def duckdb_source(self, name: str) -> str:
-        """A DuckDB table expression over every data file of ``name`` (hive partitions, schema by name)."""
-        if self.is_local:
-            # Like Hive and pyarrow, skip files whose names start with "_" or ".".
-            pattern = self.path(name, "date=*", "[!._]*.parquet").replace("'", "''")
-            return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
-        raise DataError(f"querying {self.location} directly is not supported yet")
+        """A DuckDB table expression over every data file of ``name`` (hive partitions, schema by name).
+
+        Local folders are read by DuckDB directly; object stores through :meth:`register_with`, which hands
+        DuckDB this dataset's own pyarrow filesystem. Either way the SQL is the same.
+        """
+        # Like Hive and pyarrow, skip files whose names start with "_" or ".".
+        pattern = self.path(name, "date=*", "[!._]*.parquet")
+        if not self.is_local:
+            pattern = f"{self.scheme}://{pattern}"
+        pattern = pattern.replace("'", "''")
+        return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+
+    def register_with(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Let DuckDB read an object-store dataset through the same filesystem ftlog writes with (no DuckDB
+        extension to download, the same endpoint and credentials)."""
+        if self.is_local or self.scheme in con.list_filesystems():
+            return
+        if self._duckdb_fs is None:
+            self._duckdb_fs = _duckdb_filesystem(self.fs, self.scheme)
+        con.register_filesystem(self._duckdb_fs)
 
     # -- collector state --------------------------------------------------------------------------------------
+    def state_path(self) -> str:
+        """Sharded collectors keep one state file each, so they never overwrite each other's."""
+        return self.path("_state", f"{self.state_name}.parquet")
+
     def load_state(self) -> dict[str, TaskState]:
         """The last known state of every task, read from the state file: its cost follows the number of tasks,
         not the length of history. A missing or unreadable file is rebuilt from the dataset and saved again."""
-        path = self.path("_state", "tasks.parquet")
+        path = self.state_path()
         try:
-            table = pq.read_table(path, filesystem=self.fs)
+            # In one read: other collectors replace this file while it is read, and reopening it by name halfway
+            # (as reading by path does) would mix the old file's footer with the new file's pages.
+            with self.fs.open_input_file(path) as source:
+                table = pq.read_table(pa.BufferReader(source.read()))
         except FileNotFoundError:
             return self._rebuild_state()
         except (OSError, pa.ArrowException) as exc:
@@ -204,30 +236,32 @@ class Dataset:
                 "checkpoints": [
                     {"step": step, "perplexity": p, "training_loss": loss} for step, (p, loss) in s.checkpoints.items()
                 ],
+                "progress_since": s.progress_since,
+                "stall_reported": s.stall_reported,
             }
             for task_id, s in state.items()
         ]
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=STATE), buffer, compression="zstd")
-        self.write_bytes(self.path("_state", "tasks.parquet"), buffer.getvalue())
+        self.write_bytes(self.state_path(), buffer.getvalue())
 
     def _state_from_history(self) -> dict[str, TaskState]:
         """Rebuild the cache from stored rows: needed only when the state file is missing or unreadable."""
         if not self.files("snapshots"):
             return {}
-        from .views import connect  # local import: views depend on this module
+        from .views import connect, retry_vanished  # local import: views depend on this module
 
         con = connect(self)
         try:
-            snaps = con.execute(
-                "SELECT task_id, state_hash, run_status, run_progress, observed_at FROM tasks"
-            ).fetchall()
-            points = con.execute("SELECT task_id, step, perplexity, training_loss FROM checkpoints").fetchall()
+            snaps = retry_vanished(lambda: con.execute(_REBUILD_TASKS).fetchall())
+            points = retry_vanished(
+                lambda: con.execute("SELECT task_id, step, perplexity, training_loss FROM checkpoints").fetchall()
+            )
         finally:
             con.close()
         state = {
-            task_id: TaskState(state_hash, status, progress, observed_at, {})
-            for task_id, state_hash, status, progress, observed_at in snaps
+            task_id: TaskState(state_hash, status, progress, observed_at, {}, since, stalled)
+            for task_id, state_hash, status, progress, observed_at, since, stalled in snaps
         }
         for task_id, step, perplexity, loss in points:
             state.setdefault(task_id, TaskState(None, None, None, None, {})).checkpoints[step] = (
@@ -284,10 +318,27 @@ class Dataset:
             self.fs.delete_file(path)
 
 
+# The stall fields as the collector keeps them: since when the latest status and progress have held (where the
+# last run of equal values starts), and whether a stall was reported since then.
+_REBUILD_TASKS = """
+    WITH moves AS (
+        SELECT task_id, max(observed_at) AS progress_since FROM (
+            SELECT task_id, observed_at, (run_status, run_progress) IS DISTINCT FROM
+                   lag((run_status, run_progress)) OVER (PARTITION BY task_id ORDER BY observed_at) AS moved
+            FROM snapshots
+        ) WHERE moved GROUP BY task_id
+    )
+    SELECT t.task_id, t.state_hash, t.run_status, t.run_progress, t.observed_at, m.progress_since,
+           EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.task_id AND e.kind = 'stall'
+                   AND e."at" >= m.progress_since) AS stall_reported
+    FROM tasks t LEFT JOIN moves m USING (task_id)
+"""
 NATURAL_KEYS = {
     "snapshots": "task_id, observed_at, state_hash",
     "checkpoints": "task_id, step, observed_at, perplexity, training_loss",
     "polls": "poll_id",
+    "events": "event_id, observed_at",  # a later sighting (another collector) is kept; the view shows the first
+    "deliveries": "event_id, target, attempted_at, outcome",
 }
 
 
@@ -308,6 +359,22 @@ def dedupe(name: str, table: pa.Table) -> pa.Table:
     return conform(result.sort_by([("task_id", "ascending"), (TIME_COLUMNS[name], "ascending")]), TABLES[name])
 
 
+def _redact(location: str) -> str:
+    return location.split("?", 1)[0]
+
+
+def _duckdb_filesystem(fs: pafs.FileSystem, scheme: str) -> Any:
+    try:
+        from fsspec.implementations.arrow import ArrowFSWrapper
+    except ImportError:  # pragma: no cover - fsspec is a dependency; this guards broken installs
+        raise DataError("reading object storage needs the fsspec package: pip install fsspec") from None
+
+    class ObjectStore(ArrowFSWrapper):  # type: ignore[misc]
+        protocol = (scheme,)
+
+    return ObjectStore(fs)
+
+
 def _task_state(row: dict[str, Any]) -> TaskState:
     points = row.get("checkpoints") or []
     return TaskState(
@@ -316,4 +383,6 @@ def _task_state(row: dict[str, Any]) -> TaskState:
         row["run_progress"],
         row["observed_at"],
         {p["step"]: (p["perplexity"], p["training_loss"]) for p in points},
+        row.get("progress_since"),
+        bool(row.get("stall_reported")),
     )

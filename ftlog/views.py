@@ -7,17 +7,27 @@ value per (task_id, step), a poll appears once per poll_id.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import duckdb
+import pyarrow as pa
 
-from .schema import TABLES
+from .schema import CURVE_SUMMARY, TABLES
 from .store import Dataset
+
+T = TypeVar("T")
+# DuckDB 1.3 brought ``lambda c: ...``; 2.0 rejects the older ``c -> ...``.
+_LAMBDA = "lambda c:" if tuple(int(p) for p in duckdb.__version__.split(".")[:2]) >= (1, 3) else "c ->"
+VANISHED_RETRIES = 5
 
 # name -> SQL. Sources are the raw tables ``_snapshots``, ``_checkpoints`` and ``_polls`` (created by connect()).
 VIEWS: dict[str, str] = {
-    "snapshots": """
-        SELECT * EXCLUDE (prev_hash) FROM (
+    # The curve summary columns (schema.CURVE_SUMMARY) serve analysis.compare from ``_snapshots``; views leave
+    # them out, since checkpoint values are the checkpoints view's to show (COLUMNS: older files lack them).
+    "snapshots": f"""
+        SELECT COLUMNS({_LAMBDA} c NOT IN ('prev_hash', {", ".join(f"'{c}'" for c in CURVE_SUMMARY)})) FROM (
             SELECT *, lag(state_hash) OVER (PARTITION BY task_id ORDER BY observed_at, state_hash) AS prev_hash
             FROM (SELECT DISTINCT ON (task_id, observed_at, state_hash) * FROM _snapshots)
         ) WHERE prev_hash IS DISTINCT FROM state_hash
@@ -56,13 +66,20 @@ VIEWS: dict[str, str] = {
             FROM snapshots
         ) WHERE nth = 1 OR from_status IS DISTINCT FROM run_status
     """,
+    # Overlapping or restarted collectors derive the same event_id for the same event: keep its first sighting.
+    "events": """
+        SELECT task_id, kind, observed_at AS "at", details, event_id FROM _events
+        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY observed_at, details) = 1
+    """,
+    "deliveries": "SELECT DISTINCT ON (event_id, target, attempted_at, outcome) * FROM _deliveries",
 }
 VIEW_ORDER = ["snapshots", "polls", "tasks", "checkpoints", "reported_metrics", "metrics", "metric_values",
-              "status_changes"]  # fmt: skip
+              "status_changes", "events", "deliveries"]  # fmt: skip
 
 
 def ensure_views(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
     """(Re)create the source tables and every view; idempotent. Empty tables get typed empty sources."""
+    dataset.register_with(con)
     for name, schema in TABLES.items():
         if dataset.files(name):
             con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date) FROM {dataset.duckdb_source(name)}")
@@ -82,5 +99,32 @@ def connect(data: str | Path | Dataset = "data") -> duckdb.DuckDBPyConnection:
     dataset = data if isinstance(data, Dataset) else Dataset(data)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    ensure_views(con, dataset)
+    retry_vanished(lambda: ensure_views(con, dataset))  # creating a view reads every file's schema
     return con
+
+
+def retry_vanished(run: Callable[[], T], attempts: int = VANISHED_RETRIES) -> T:
+    """``run()``, run again when a compaction removed a data file between DuckDB listing the files and opening one.
+
+    Compaction writes the merged file before it removes the sources, so the next listing finds every row: only the
+    list DuckDB made at the start of the query was stale. No storage layout can avoid this (any removal can follow
+    a listing), so readers absorb it, as they absorb the duplicates compaction briefly leaves."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return run()
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if attempt == attempts or not ("No such file" in text or "FileNotFoundError" in text):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+    """Run one query over the views as an Arrow table, safe against a concurrent compaction."""
+
+    def run() -> pa.Table:
+        relation = con.sql(sql, params=list(params) if params else None)
+        fetch_arrow = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table  # renamed in 1.4
+        return fetch_arrow()
+
+    return retry_vanished(run)

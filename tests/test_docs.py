@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -40,3 +41,13 @@ def test_every_readme_option_exists(name: str) -> None:
         for word in line.replace("[", " ").replace("]", " ").replace("`", " ").split():
             if word.startswith("--"):
                 assert word in options, f"README shows {word} for ftlog {name}, which has no such option"
+
+
+def test_reliability_table_names_real_tests() -> None:
+    """Every `tests/file.py::test_name` the reliability document cites exists."""
+    root = Path(__file__).parent.parent
+    text = (root / "docs" / "reliability.md").read_text(encoding="utf-8")
+    cited = set(re.findall(r"`(tests/\w+\.py)::(\w+)(?:\[[^\]]*\])?`", text))
+    assert len(cited) > 20
+    for path, name in cited:
+        assert re.search(rf"^def {name}\(", (root / path).read_text(encoding="utf-8"), re.MULTILINE), (path, name)

@@ -1,0 +1,344 @@
+"""Deliver events to webhooks and local commands: retried until delivered, never twice to the same target.
+
+After each collection round, :meth:`Notifier.deliver` sends every event of the last ``max_age`` (one day) that
+the ``deliveries`` table does not show as delivered to a target, oldest first. Each success is recorded right away,
+so a restarted collector skips it; each failure is recorded too, and the event waits for the next round. A round
+spends at most ``deadline`` seconds and ``max_per_round`` events per target on delivery, so a slow or dead
+receiver never holds up collection, and a backlog drains over the following rounds.
+
+A receiver that accepts a request but answers after the timeout counts as a failure and gets the event again:
+every payload carries ``event_id`` for receivers that must not act twice.
+
+Targets come from ``--notify URL`` / ``--notify-command CMD``, or else from ``FTLOG_NOTIFY`` (URLs separated by
+spaces) and ``FTLOG_NOTIFY_COMMAND`` (one command), in the environment or ``.env``. See docs/notifications.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shlex
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import PurePath
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import requests
+
+from .errors import ConfigError, DataError
+from .schema import TABLES
+from .store import Dataset
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "json", "markdown", "dingtalk", "feishu")
+# Chat services whose robots take a fixed message shape; any other host gets the event as JSON.
+CHAT_HOSTS = {
+    "qyapi.weixin.qq.com": "markdown",
+    "oapi.dingtalk.com": "dingtalk",
+    "open.feishu.cn": "feishu",
+    "open.larksuite.com": "feishu",
+}
+REFUSED = frozenset({400, 413, 422})  # this payload was refused: try the target's next event
+TRANSIENT = frozenset({408, 425, 429})  # with 5xx and network errors: retry after a pause
+SECRET_VARIABLES = ("QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    http_status: int | None = None
+    error: str | None = None
+    retry: bool = False  # transient: worth another attempt after a pause
+    next_event: bool = False  # the target works but refused this payload
+
+
+class Target(Protocol):
+    key: str  # how the deliveries table names the target: never a URL, which may carry a token
+
+    def send(self, event: dict[str, Any], timeout: float, session: requests.Session) -> Outcome: ...
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:10]  # noqa: S324 - a name, not a secret
+
+
+class Webhook:
+    """POST the event to a URL, as JSON or as the message shape of a chat robot."""
+
+    def __init__(self, url: str, fmt: str = "auto") -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("a --notify URL must start with http:// or https:// and name a host")
+        if fmt not in FORMATS:
+            raise ConfigError(f"unknown notification format {fmt!r}: choose from {', '.join(FORMATS)}")
+        self.url = url
+        self.format = CHAT_HOSTS.get(parts.hostname, "json") if fmt == "auto" else fmt
+        self.key = f"{parts.hostname}#{_short_hash(url)}"
+
+    def __repr__(self) -> str:
+        return f"Webhook({self.key}, {self.format})"
+
+    def send(self, event: dict[str, Any], timeout: float, session: requests.Session) -> Outcome:
+        body = json.dumps(payload(event, self.format), ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        try:
+            response = session.post(self.url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            # The exception text repeats the URL, token included: keep its class only.
+            return Outcome(False, error=type(exc).__name__, retry=True)
+        status = response.status_code
+        if not 200 <= status < 300:
+            retry = status >= 500 or status in TRANSIENT
+            return Outcome(False, status, f"HTTP {status}", retry=retry, next_event=status in REFUSED)
+        refused = _chat_error(response) if self.format != "json" else None
+        return Outcome(refused is None, status, refused)
+
+
+def _chat_error(response: requests.Response) -> str | None:
+    """Chat robots answer HTTP 200 with a non-zero errcode (WeCom, DingTalk) or code (Feishu) when they refuse."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    for code_key, message_key in (("errcode", "errmsg"), ("code", "msg"), ("StatusCode", "StatusMessage")):
+        code = answer.get(code_key)
+        if code not in (None, 0, "0"):
+            return f"{code_key} {code}: {str(answer.get(message_key, ''))[:200]}"
+    return None
+
+
+class Command:
+    """Run a local program (no shell) with the event as JSON on stdin; a non-zero exit is a failed delivery."""
+
+    def __init__(self, command: str) -> None:
+        try:
+            self.argv = shlex.split(command)
+        except ValueError as exc:
+            raise ConfigError(f"cannot parse --notify-command: {exc}") from None
+        if not self.argv:
+            raise ConfigError("--notify-command is empty")
+        self.key = f"command:{PurePath(self.argv[0]).name}#{_short_hash(command)}"
+
+    def __repr__(self) -> str:
+        return f"Command({self.key})"
+
+    def send(self, event: dict[str, Any], timeout: float, session: requests.Session) -> Outcome:
+        data = json.dumps(payload(event, "json"), ensure_ascii=False).encode()
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}  # the API keys stay with ftlog
+        try:
+            done = subprocess.run(self.argv, input=data, capture_output=True, timeout=timeout, env=env, check=False)
+        except subprocess.TimeoutExpired:
+            return Outcome(False, error="timed out", retry=True)
+        except OSError as exc:
+            return Outcome(False, error=f"cannot run {self.argv[0]}: {exc.strerror}")
+        if done.returncode != 0:
+            last = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1][:200]
+            return Outcome(False, error=f"exit status {done.returncode}" + (f": {last}" if last else ""), retry=True)
+        return Outcome(True)
+
+
+def targets_from(
+    urls: Sequence[str] = (),
+    commands: Sequence[str] = (),
+    fmt: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[Target]:
+    """The targets named on the command line or, when it names none, those of ``FTLOG_NOTIFY`` (URLs separated
+    by spaces) and ``FTLOG_NOTIFY_COMMAND`` (one command) in ``env``; ``FTLOG_NOTIFY_FORMAT`` unless ``fmt``."""
+    from .client import settings  # the environment over .env, as for every other setting
+
+    env = settings() if env is None else env
+    if not (urls or commands):
+        urls = env.get("FTLOG_NOTIFY", "").split()
+        commands = [env["FTLOG_NOTIFY_COMMAND"]] if env.get("FTLOG_NOTIFY_COMMAND") else []
+    fmt = fmt or env.get("FTLOG_NOTIFY_FORMAT") or "auto"
+    targets: list[Target] = [Webhook(url, fmt) for url in dict.fromkeys(urls)]
+    return targets + [Command(command) for command in dict.fromkeys(commands)]
+
+
+# -- payloads ------------------------------------------------------------------------------------------------
+
+
+def payload(event: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """The request body for ``fmt``: the event itself ("json"), or a chat robot's message."""
+    title, lines = describe(event)
+    if fmt == "markdown":  # WeCom-style robots
+        return {"msgtype": "markdown", "markdown": {"content": _markdown(title, lines)}}
+    if fmt == "dingtalk":  # DingTalk breaks lines only at blank lines
+        return {"msgtype": "markdown", "markdown": {"title": title, "text": _markdown(title, lines, "\n\n")}}
+    if fmt == "feishu":
+        return {"msg_type": "text", "content": {"text": "\n".join([title, *lines])}}
+    at = event["at"]
+    return {"event_id": event["event_id"], "task_id": event["task_id"], "kind": event["kind"],
+            "at": at.isoformat().replace("+00:00", "Z") if isinstance(at, datetime) else at,
+            "summary": title, "details": event["details"]}  # fmt: skip
+
+
+def _markdown(title: str, lines: list[str], separator: str = "\n") -> str:
+    return f"**{title}**\n\n" + separator.join(f"> {line}" for line in lines)
+
+
+def describe(event: dict[str, Any]) -> tuple[str, list[str]]:
+    """A one-line title and a few lines of context, for people reading a chat."""
+    d, task = event["details"], event["task_id"]
+    kind = event["kind"]
+    if kind == "status":
+        title = f"ftlog: {task} {d.get('to')}"
+        lines = [f"status: {d.get('from') or 'new'} -> {d.get('to')}"]
+        if d.get("error_code") or d.get("error_message"):
+            lines.append(f"error: {d.get('error_code') or ''} {d.get('error_message') or ''}".rstrip())
+    elif kind == "stall":
+        title = f"ftlog: {task} stalled at {d.get('progress'):g}%"
+        lines = [f"no progress for {d.get('minutes'):g} minutes (since {d.get('since')})"]
+    else:
+        metric = d.get("metric")
+        title = f"ftlog: {task} new best {metric} {d.get('value'):.4g} at step {d.get('step')}"
+        lines = [f"previous best: {d.get('previous_best'):.4g} at step {d.get('previous_step')}"]
+    job = d.get("job_name") or d.get("job_id")
+    setup = " / ".join(str(d[k]) for k in ("model", "train_mode", "parameter_scale") if d.get(k))
+    lines += [f"job: {job}"] if job else []
+    lines += [f"model: {setup}"] if setup else []
+    return title, lines
+
+
+# -- delivery ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryReport:
+    delivered: int = 0
+    failed: int = 0  # events whose delivery failed this round (they wait for the next)
+    waiting: int = 0  # events still to deliver to some target after this round
+
+    def __str__(self) -> str:
+        return f"{self.delivered} delivered, {self.failed} failed, {self.waiting} waiting"
+
+
+@dataclass
+class Notifier:
+    """Delivers pending events to ``targets`` within a per-round budget."""
+
+    targets: Sequence[Target]
+    timeout: float = 3.0  # seconds per attempt
+    attempts: int = 3  # per event and round, for transient failures
+    backoff: float = 0.5  # seconds before the second attempt, doubled before each further one
+    deadline: float = 5.0  # seconds of delivery per round, over all targets
+    max_per_round: int = 50  # events per target and round: the rest wait
+    max_age: timedelta = timedelta(days=1)  # older events are not sent: a new target gets no stale alerts
+
+    def deliver(
+        self, dataset: Dataset, *, now: Callable[[], datetime] = utcnow, tasks: Iterable[str] | None = None
+    ) -> DeliveryReport:
+        """Send pending events (of ``tasks`` only, when given), oldest first, round-robin over the targets."""
+        started = time.monotonic()
+        report = DeliveryReport()
+        cutoff = now() - self.max_age
+        events = recent_events(dataset, cutoff, tasks)
+        done = delivered(dataset, cutoff)
+        pending = {t.key: [e for e in events if (t.key, e["event_id"]) not in done] for t in self.targets}
+        queues = {t.key: deque(pending[t.key][: self.max_per_round]) for t in self.targets}
+        failures: list[dict[str, Any]] = []
+        active = [t for t in self.targets if queues[t.key]]
+        with requests.Session() as session:
+            while active and self._left(started) > 0:
+                for target in list(active):
+                    if self._left(started) <= 0:
+                        break
+                    event = queues[target.key].popleft()
+                    outcome, attempts = self._send(target, event, session, started)
+                    row = {"event_id": event["event_id"], "task_id": event["task_id"], "target": target.key,
+                           "attempted_at": now(), "attempts": attempts, "http_status": outcome.http_status,
+                           "error": outcome.error}  # fmt: skip
+                    if outcome.ok:
+                        if not self._record(dataset, [{**row, "outcome": "delivered"}]):
+                            active = []  # unrecorded deliveries would be sent again: stop until writes work
+                            break
+                        report.delivered += 1
+                        done.add((target.key, event["event_id"]))
+                    else:
+                        log.warning("notification to %s failed: %s", target.key, outcome.error)
+                        failures.append({**row, "outcome": "failed"})
+                        report.failed += 1
+                    if not queues[target.key] or not (outcome.ok or outcome.next_event):
+                        active.remove(target)  # emptied, or failing: its other events wait for the next round
+        self._record(dataset, failures)
+        report.waiting = sum(1 for key, queued in pending.items() for e in queued if (key, e["event_id"]) not in done)
+        return report
+
+    def _left(self, started: float) -> float:
+        return self.deadline - (time.monotonic() - started)
+
+    def _send(
+        self, target: Target, event: dict[str, Any], session: requests.Session, started: float
+    ) -> tuple[Outcome, int]:
+        outcome = Outcome(False, error="no time left in this round")
+        for attempt in range(1, self.attempts + 1):
+            outcome = target.send(event, max(0.05, min(self.timeout, self._left(started))), session)
+            pause = self.backoff * 2 ** (attempt - 1)
+            if outcome.ok or not outcome.retry or attempt == self.attempts or self._left(started) <= pause:
+                return outcome, attempt
+            time.sleep(pause)
+        return outcome, self.attempts
+
+    def _record(self, dataset: Dataset, rows: list[dict[str, Any]]) -> bool:
+        try:
+            dataset.append("deliveries", rows, rows[0]["attempted_at"] if rows else utcnow())
+        except (OSError, pa.ArrowException, DataError) as exc:
+            log.error("cannot record notification deliveries: %s", exc)
+            return False
+        return True
+
+
+# -- reading events and deliveries ---------------------------------------------------------------------------
+
+
+def recent_events(dataset: Dataset, since: datetime, tasks: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Events at or after ``since``, oldest first, once per event_id (its earliest sighting, as in the view),
+    with ``details`` parsed."""
+    wanted = set(tasks) if tasks is not None else None
+    first: dict[str, dict[str, Any]] = {}
+    for row in _read_since(dataset, "events", since):
+        if row["observed_at"] < since or (wanted is not None and row["task_id"] not in wanted):
+            continue
+        seen = first.get(row["event_id"])
+        if seen is None or (row["observed_at"], row["details"]) < (seen["observed_at"], seen["details"]):
+            first[row["event_id"]] = row
+    events = sorted(first.values(), key=lambda e: (e["observed_at"], e["event_id"]))
+    return [{**e, "at": e.pop("observed_at"), "details": json.loads(e["details"])} for e in events]
+
+
+def delivered(dataset: Dataset, since: datetime) -> set[tuple[str, str]]:
+    """``(target, event_id)`` of every delivery recorded since ``since``."""
+    rows = _read_since(dataset, "deliveries", since)
+    return {(r["target"], r["event_id"]) for r in rows if r["outcome"] == "delivered"}
+
+
+def _read_since(dataset: Dataset, name: str, since: datetime) -> list[dict[str, Any]]:
+    """Rows of the date partitions from ``since`` on, through the dataset's filesystem (local or object store).
+    A file that compaction removed between listing and reading means: list again (its rows are in the merged
+    file, written before the sources were deleted)."""
+    day = since.astimezone(timezone.utc).date().isoformat()
+    for _ in range(5):
+        paths = sorted(info.path for d, infos in dataset.partitions(name).items() if d >= day for info in infos)
+        try:
+            tables = [dataset.read_table(path, name) for path in paths]
+        except FileNotFoundError:
+            continue
+        rows: list[dict[str, Any]] = pa.concat_tables([TABLES[name].empty_table(), *tables]).to_pylist()
+        return rows
+    raise DataError(f"{name} kept changing while being read; try again")

@@ -1,0 +1,234 @@
+"""The dataset on S3-compatible object storage: a real S3 protocol server (moto's standalone server) on loopback.
+
+Every command works with ``--data s3://bucket/prefix``; endpoint and keys come from the usual AWS variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import boto3
+import pyarrow.fs as pafs
+import pytest
+from click.testing import CliRunner
+from conftest import SECRET_AK, SECRET_SK
+
+from ftlog.cli import cli
+from ftlog.client import Credentials, QianfanClient, RetryPolicy
+from ftlog.collect import Selection, collect_round, shard_of
+from ftlog.simulator import Simulator
+from ftlog.store import Dataset
+from ftlog.views import connect
+
+S3_KEY_ID = "AKIAFTLOGS3TEST0001"
+S3_SECRET = "s3SecretFtlog+9f2c7e41b0aa"
+BUCKET = "ftlog-bucket"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server as a separate process, the way a real endpoint is reached: over HTTP."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as server:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+        server.terminate()
+
+
+@pytest.fixture
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A fresh prefix in the bucket, with the standard AWS variables pointing at the local server."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3_client = boto3.client("s3")
+    if BUCKET not in [b["Name"] for b in s3_client.list_buckets()["Buckets"]]:
+        s3_client.create_bucket(Bucket=BUCKET)
+    return f"s3://{BUCKET}/{request.node.name}"
+
+
+def keys(prefix: str) -> list[str]:
+    bucket, _, path = prefix.removeprefix("s3://").partition("/")
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=path + "/")
+    # pyarrow leaves an empty "folder/" marker when it deletes a folder's last object: not data, skip it
+    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
+
+
+def download(prefix: str, target: Path) -> Path:
+    bucket, _, path = prefix.removeprefix("s3://").partition("/")
+    s3_client = boto3.client("s3")
+    for key in keys(prefix):
+        local = target / key[len(path) + 1 :]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        s3_client.download_file(bucket, key, str(local))
+    return target
+
+
+def client_for(sim: Simulator) -> QianfanClient:
+    return QianfanClient(Credentials(SECRET_AK, SECRET_SK), base_url=sim.url, rps=1000, retry=RetryPolicy(attempts=2))
+
+
+QUERIES = [
+    "SELECT task_id, run_status, run_progress, state_hash FROM snapshots ORDER BY ALL",
+    "SELECT task_id, step, perplexity, training_loss FROM checkpoints ORDER BY ALL",
+    "SELECT task_id, outcome FROM polls ORDER BY ALL",
+    "SELECT task_id, run_status, first_seen_at FROM tasks ORDER BY ALL",
+    "SELECT * FROM metric_values ORDER BY ALL",
+]
+
+
+def answers(data: str | Path) -> list[list[tuple[object, ...]]]:
+    with connect(data) as con:
+        return [con.execute(sql).fetchall() for sql in QUERIES]
+
+
+def test_every_command_works_on_object_storage(s3: str, api_env: Simulator, tmp_path: Path) -> None:
+    runner = CliRunner()
+    for _ in range(3):
+        result = runner.invoke(cli, ["collect", "--all", "--data", s3])
+        assert result.exit_code == 0, result.output
+        time.sleep(0.2)
+    stored = keys(s3)
+    assert stored, "nothing written to the bucket"
+    assert all(k.endswith(".parquet") for k in stored), "temporary objects are never left behind"
+    assert {"snapshots", "checkpoints", "polls", "_state"} <= {k.split("/")[1] for k in stored}
+
+    # What DuckDB reads through the object store is exactly what the same files say on a local disk.
+    local = download(s3, tmp_path / "copy")
+    remote_answers = answers(s3)
+    assert remote_answers == answers(local)
+    assert len({row[0] for row in remote_answers[3]}) == len(api_env.tasks)
+
+    query = runner.invoke(cli, ["query", "SELECT count(*) AS n FROM tasks", "--format", "json", "--data", s3])
+    assert query.exit_code == 0, query.output
+    assert json.loads(query.stdout) == [{"n": len(api_env.tasks)}]
+    status = runner.invoke(cli, ["status", "--format", "json", "--data", s3])
+    assert status.exit_code == 0 and len(json.loads(status.stdout)) == len(api_env.tasks)
+    compare = runner.invoke(cli, ["compare", "--by", "parameter_scale", "--format", "csv", "--data", s3])
+    assert compare.exit_code == 0 and compare.stdout.startswith("parameter_scale,tasks,done")
+    compact = runner.invoke(cli, ["compact", "--data", s3])
+    assert compact.exit_code == 0, compact.output
+    report = runner.invoke(cli, ["report", "--out", str(tmp_path / "report"), "--data", s3])
+    assert report.exit_code == 0, report.output
+    html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert f"{len(api_env.tasks)}</" in html
+
+    outputs = [result.output, query.output, status.output, compare.output, compact.output, report.output, html]
+    assert not any(S3_SECRET in text or SECRET_SK in text for text in outputs)
+    for path in local.rglob("*"):
+        if path.is_file():
+            assert S3_SECRET.encode() not in path.read_bytes()
+
+
+def test_compaction_on_object_storage_keeps_every_row(s3: str, sim: Simulator) -> None:
+    dataset = Dataset(s3)
+    day = datetime(2026, 4, 1, 9, 0, tzinfo=timezone.utc)
+    client = client_for(sim)
+    for n in range(4):  # four rounds on a closed day: four files per table
+        moment = day + timedelta(minutes=5 * n)
+        collect_round(client, dataset, Selection(all_jobs=True), now=lambda m=moment: m, compact=False)
+    before = answers(s3)
+    files_before = [k for k in keys(s3) if "/polls/" in k]
+    assert len(files_before) == 4
+
+    # A merged object written while its sources still exist (a compaction caught half way) changes no answer.
+    merged_early = dataset.read_table(dataset.files("polls")[0], "polls")
+    dataset.write_table("polls", merged_early, day.date(), day)
+    assert answers(s3) == before
+
+    removed = dataset.compact(day + timedelta(days=2))
+    assert removed > 0
+    assert answers(s3) == before
+    assert len([k for k in keys(s3) if "/polls/" in k]) == 1
+    client.close()
+
+
+def test_sharded_collectors_split_jobs_without_coordination(s3: str) -> None:
+    with Simulator(seed=11, jobs=8, tasks_per_job=3, credentials={SECRET_AK: SECRET_SK}) as sim:
+        env = {
+            **os.environ,
+            "QIANFAN_ACCESS_KEY": SECRET_AK,
+            "QIANFAN_SECRET_KEY": SECRET_SK,
+            "QIANFAN_CONSOLE_API_BASE_URL": sim.url,
+            "FTLOG_RPS": "500",
+        }
+        commands = [
+            [sys.executable, "-m", "ftlog", "collect", "--all", "--shard", f"{i}/2", "--data", s3] for i in (1, 2)
+        ]
+        for _ in range(2):  # two rounds, both shards at once each time
+            procs = [subprocess.Popen(c, env=env, stderr=subprocess.PIPE, text=True) for c in commands]
+            for proc in procs:
+                _, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, err
+        by_shard = {i: {t.task_id for t in sim.tasks.values() if shard_of(t.job["jobId"], 2) == i % 2} for i in (1, 2)}
+        assert by_shard[1] and by_shard[2], "both shards own some jobs"
+        with connect(s3) as con:
+            seen = {row[0] for row in con.execute("SELECT task_id FROM tasks").fetchall()}
+            duplicates = con.execute(
+                "SELECT count(*) FROM (SELECT task_id, state_hash FROM snapshots GROUP BY ALL HAVING count(*) > 1)"
+            ).fetchone()
+            polls_per_task = con.execute("SELECT DISTINCT count(*) FROM polls GROUP BY task_id").fetchall()
+        assert seen == set(sim.tasks)
+        assert duplicates == (0,)
+        assert polls_per_task == [(2,)], "each task polled once per round, by exactly one shard"
+        state_files = sorted(k.rsplit("/", 1)[1] for k in keys(s3) if "/_state/" in k)
+        assert state_files == ["tasks-shard-1-of-2.parquet", "tasks-shard-2-of-2.parquet"]
+
+
+def test_shard_option_is_validated(api_env: Simulator) -> None:
+    result = CliRunner().invoke(cli, ["collect", "--all", "--shard", "3/2"])
+    assert result.exit_code == 2 and "expected I/N" in result.output
+    result = CliRunner().invoke(cli, ["collect", "task-x", "--shard", "1/2"])
+    assert result.exit_code == 2 and "splits jobs" in result.output
+
+
+def test_unreachable_object_store_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = CliRunner().invoke(cli, ["query", "SELECT 1", "--data", "s3://nowhere/x?secret_key=" + S3_SECRET])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert S3_SECRET not in result.output
+
+
+def test_layout_is_plain_hive_parquet(s3: str, sim: Simulator) -> None:
+    """What Spark, Trino or DuckDB elsewhere read: hive-partitioned Parquet with declared schemas."""
+    collect_round(client_for(sim), Dataset(s3), Selection(all_jobs=True))
+    fs, root = pafs.FileSystem.from_uri(s3)
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(f"{root}/snapshots", filesystem=fs, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == len(sim.tasks)
+    assert "date" in table.column_names and "task_id" in table.column_names
