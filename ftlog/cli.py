@@ -287,6 +287,8 @@ def compact(data: str) -> None:
 @click.option("--rate-500", default=0.0, type=click.FloatRange(0, 1), help="Share of answers that are 500.")
 @click.option("--rate-slow", default=0.0, type=click.FloatRange(0, 1), help="Share of answers delayed.")
 @click.option("--rate-reset", default=0.0, type=click.FloatRange(0, 1), help="Share of connections reset.")
+@click.option("--rate-html", default=0.0, type=click.FloatRange(0, 1), help="Share of answers that are HTML 502s.")
+@click.option("--rate-truncate", default=0.0, type=click.FloatRange(0, 1), help="Share of answers cut off.")
 @click.option("--latency", default=0.0, type=click.FloatRange(min=0), help="Seconds added to every answer.")
 @click.option("--time-field", type=click.Choice(["Time", "Date"]), default="Time", show_default=True,
               help="Answer createTime/finishTime or createDate/finishDate.")  # fmt: skip
@@ -302,6 +304,8 @@ def simulate(
     rate_500: float,
     rate_slow: float,
     rate_reset: float,
+    rate_html: float,
+    rate_truncate: float,
     latency: float,
     time_field: str,
 ) -> None:
@@ -312,7 +316,15 @@ def simulate(
     credentials = None
     if env.get("QIANFAN_ACCESS_KEY") and env.get("QIANFAN_SECRET_KEY"):
         credentials = {env["QIANFAN_ACCESS_KEY"]: env["QIANFAN_SECRET_KEY"]}
-    faults = Faults(rate_429=rate_429, rate_500=rate_500, rate_slow=rate_slow, rate_reset=rate_reset, latency=latency)
+    faults = Faults(
+        rate_429=rate_429,
+        rate_500=rate_500,
+        rate_slow=rate_slow,
+        rate_reset=rate_reset,
+        rate_html=rate_html,
+        rate_truncate=rate_truncate,
+        latency=latency,
+    )
     try:
         sim = Simulator(host=host, port=port, seed=seed, speed=speed, jobs=jobs, tasks_per_job=tasks_per_job,
                         faults=faults, credentials=credentials, time_field=time_field)  # fmt: skip
