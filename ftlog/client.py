@@ -299,6 +299,8 @@ class QianfanClient:
             page = page if isinstance(page, dict) else {}
             next_marker = page.get("nextMarker")
             truncated = page.get("isTruncated")
+            if isinstance(truncated, str):  # a lenient server may send "true"/"false" as text
+                truncated = truncated.strip().lower() in ("true", "1")
             more = bool(truncated) if truncated is not None else bool(next_marker)
             if not more or not isinstance(next_marker, str) or not next_marker:
                 return

@@ -6,7 +6,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -102,14 +102,13 @@ def test_every_page_of_jobs_is_walked(fast_retry: RetryPolicy) -> None:
 
 
 @contextmanager
-def _repeating_marker_server(requests_seen: list[dict[str, Any]]) -> Iterator[str]:
-    """A broken server: every page says 'more after task-a', forever."""
+def _json_server(answer: Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[str]:
+    """A minimal API stand-in: ``answer(request body)`` is the ``result`` of every reply."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            requests_seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            page = {"taskList": [{"taskId": "task-a"}], "pageInfo": {"isTruncated": True, "nextMarker": "task-a"}}
-            payload = json.dumps({"requestId": "r", "result": page}).encode()
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            payload = json.dumps({"requestId": "r", "result": answer(body)}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -128,6 +127,16 @@ def _repeating_marker_server(requests_seen: list[dict[str, Any]]) -> Iterator[st
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def _repeating_marker_server(requests_seen: list[dict[str, Any]]) -> Any:
+    """A broken server: every page says 'more after task-a', forever."""
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        requests_seen.append(body)
+        return {"taskList": [{"taskId": "task-a"}], "pageInfo": {"isTruncated": True, "nextMarker": "task-a"}}
+
+    return _json_server(answer)
 
 
 @pytest.mark.timeout(20)
@@ -373,3 +382,36 @@ def test_only_transient_failures_are_retryable() -> None:
 )
 def test_retry_after_forms(value: str, expected: float | None) -> None:
     assert _retry_after({"retry-after": value}) == expected
+
+
+def _tasks(*ids: str) -> list[dict[str, str]]:
+    return [{"taskId": i} for i in ids]
+
+
+@pytest.mark.parametrize(
+    "pages",
+    [
+        # isTruncated sent as text
+        {
+            None: {"taskList": _tasks("a", "b"), "pageInfo": {"isTruncated": "true", "nextMarker": "c"}},
+            "c": {"taskList": _tasks("c"), "pageInfo": {"isTruncated": "false", "nextMarker": "c"}},
+        },
+        # no isTruncated at all: a nextMarker means more
+        {
+            None: {"taskList": _tasks("a", "b"), "pageInfo": {"nextMarker": "c"}},
+            "c": {"taskList": _tasks("c"), "pageInfo": {}},
+        },
+        # nextMarker names the last item returned, and the next page starts with it again
+        {
+            None: {"taskList": _tasks("a", "b"), "pageInfo": {"isTruncated": True, "nextMarker": "b"}},
+            "b": {"taskList": _tasks("b", "c"), "pageInfo": {"isTruncated": False}},
+        },
+    ],
+    ids=["text-flags", "no-flag", "overlapping-pages"],
+)
+def test_odd_but_legal_pagination(pages: dict[str | None, dict[str, Any]], fast_retry: RetryPolicy) -> None:
+    with (
+        _json_server(lambda body: pages[body.get("marker")]) as url,
+        QianfanClient(Credentials("ak", "sk"), base_url=url, rps=500, retry=fast_retry) as client,
+    ):
+        assert [t["taskId"] for t in client.iter_tasks("job-x")] == ["a", "b", "c"]
