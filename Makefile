@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ftlog tests bench
-	$(BIN)/ruff format --check ftlog tests bench
+	$(BIN)/ruff check ftlog tests $(wildcard bench)
+	$(BIN)/ruff format --check ftlog tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
