@@ -137,12 +137,16 @@ def test_every_command_works_on_object_storage(s3: str, api_env: Simulator, tmp_
     assert compare.exit_code == 0 and compare.stdout.startswith("parameter_scale,tasks,done")
     compact = runner.invoke(cli, ["compact", "--data", s3])
     assert compact.exit_code == 0, compact.output
+    checked = runner.invoke(cli, ["check", "--data", s3])
+    assert checked.exit_code == 0, checked.output
+    assert "no problems" in checked.output
     report = runner.invoke(cli, ["report", "--out", str(tmp_path / "report"), "--data", s3])
     assert report.exit_code == 0, report.output
     html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     assert f"{len(api_env.tasks)}</" in html
 
-    outputs = [result.output, query.output, status.output, compare.output, compact.output, report.output, html]
+    outputs = [result.output, query.output, status.output, compare.output, compact.output, checked.output,
+               report.output, html]  # fmt: skip
     assert not any(S3_SECRET in text or SECRET_SK in text for text in outputs)
     for path in local.rglob("*"):
         if path.is_file():
@@ -232,3 +236,21 @@ def test_layout_is_plain_hive_parquet(s3: str, sim: Simulator) -> None:
     table = ds.dataset(f"{root}/snapshots", filesystem=fs, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == len(sim.tasks)
     assert "date" in table.column_names and "task_id" in table.column_names
+
+
+def test_check_repairs_object_storage(s3: str, sim: Simulator) -> None:
+    collect_round(client_for(sim), Dataset(s3), Selection(all_jobs=True))
+    bucket, _, prefix = s3.removeprefix("s3://").partition("/")
+    day = datetime.now(timezone.utc).date().isoformat()
+    broken = f"{prefix}/snapshots/date={day}/20990101T000000000000-broken00.parquet"
+    boto3.client("s3").put_object(Bucket=bucket, Key=broken, Body=b"PAR1 not really parquet")
+    runner = CliRunner()
+    found = runner.invoke(cli, ["check", "--data", s3])
+    assert found.exit_code == 1 and "broken00" in found.output
+    repaired = runner.invoke(cli, ["check", "--repair", "--data", s3])
+    assert "_quarantine" in repaired.output
+    assert f"{prefix}/_quarantine/snapshots/date={day}/20990101T000000000000-broken00.parquet" in keys(s3)
+    assert broken not in keys(s3)
+    assert runner.invoke(cli, ["check", "--data", s3]).exit_code == 0
+    with connect(s3) as con:
+        assert con.execute("SELECT count(*) FROM tasks").fetchone() == (len(sim.tasks),)
