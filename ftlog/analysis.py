@@ -89,15 +89,13 @@ def curves(
     if ema is not None and not 0 < ema <= 1:
         raise FtlogError(f"ema must be in (0, 1], not {ema}")
     where, params = _task_filter(tasks, jobs)
-    x_expr = "c.step::DOUBLE" if x == "step" else "c.step / max(c.step) OVER (PARTITION BY c.task_id)"
+    x_expr = "step::DOUBLE" if x == "step" else "step / max(step) OVER (PARTITION BY task_id)"
     frame = _frame(
         source,
         f"""
-        SELECT c.task_id, t.job_id, t.job_name, t.model, t.train_mode, t.parameter_scale, c.step,
-               {x_expr} AS x, c.training_loss, c.perplexity
-        FROM checkpoints c JOIN tasks t USING (task_id)
-        WHERE {where}
-        ORDER BY c.task_id, c.step
+        SELECT task_id, job_id, job_name, model, train_mode, parameter_scale, step,
+               {x_expr} AS x, training_loss, perplexity
+        FROM curves t WHERE {where} ORDER BY task_id, step
         """,
         params,
     )

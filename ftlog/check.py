@@ -5,7 +5,7 @@ and reports:
 
 - **unreadable** files: not Parquet, truncated, or with pages that do not decode;
 - **schema** mismatches: a column whose type differs from the declared schema (``ftlog.schema``), or a declared
-  column that is missing, or one that is not declared;
+  column that is missing (unless it was added later, ``schema.ADDED_COLUMNS``), or one that is not declared;
 - **duplicates**: rows that repeat a table's natural key (``store.NATURAL_KEYS``): left by an interrupted
   compaction or a copied file. The views absorb them; ``ftlog compact`` merges them away;
 - **state** ahead of the data: the collector state remembers a snapshot or checkpoint that no file holds, so the
@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from .schema import TABLES
+from .schema import ADDED_COLUMNS, TABLES
 from .store import NATURAL_KEYS, Dataset
 
 QUARANTINE = "_quarantine"
@@ -145,7 +145,7 @@ def _scan(dataset: Dataset, name: str) -> _Table:
             except (OSError, pa.ArrowException, ValueError) as exc:
                 table.problems[path] = Problem("unreadable", rel, _first_line(exc, path))
                 continue
-            mismatch = _schema_mismatch(content.schema, schema)
+            mismatch = _schema_mismatch(content.schema, schema, ADDED_COLUMNS.get(name, ()))
             if mismatch:
                 table.problems[path] = Problem("schema", rel, mismatch)
                 continue
@@ -158,12 +158,13 @@ def _scan(dataset: Dataset, name: str) -> _Table:
     return table
 
 
-def _schema_mismatch(found: pa.Schema, declared: pa.Schema) -> str | None:
+def _schema_mismatch(found: pa.Schema, declared: pa.Schema, optional: tuple[str, ...] = ()) -> str | None:
     issues = []
     for wanted in declared:
         index = found.get_field_index(wanted.name)
         if index < 0:
-            issues.append(f"{wanted.name} is missing")
+            if wanted.name not in optional:  # a column added later is NULL in older files, as readers take it
+                issues.append(f"{wanted.name} is missing")
         elif not found.field(index).type.equals(wanted.type):
             issues.append(f"{wanted.name} is {found.field(index).type}, expected {wanted.type}")
     issues += [f"{extra} is not declared" for extra in found.names if extra not in declared.names]

@@ -270,8 +270,9 @@ def nested_as_json(frame: pd.DataFrame) -> pd.DataFrame:
 @data_option
 @handle_errors
 def compact(data: str) -> None:
-    """Merge the small files of closed date partitions into one file each."""
-    removed = Dataset(data).compact()
+    """Merge the small files of closed date partitions into one file each, and rewrite files written by an older
+    ftlog so that they gain the columns added since."""
+    removed = Dataset(data).compact(upgrade=True)
     click.echo(f"compacted: {removed} files merged", err=True)
 
 

@@ -21,8 +21,8 @@ from .client import QianfanClient
 from .errors import ApiError, AuthError, FtlogError, TransportError
 from .events import DEFAULT_STALL, derive
 from .notify import DeliveryReport, Notifier
-from .schema import TERMINAL_STATUSES, normalise, utf8
-from .store import Dataset, TaskState, same_value
+from .schema import CHECKPOINTS, EVENTS, POLLS, SNAPSHOTS, TERMINAL_STATUSES, normalise, utf8
+from .store import STATE, Dataset, Rows, TaskState, same_value, state_row
 
 log = logging.getLogger(__name__)
 
@@ -152,60 +152,62 @@ def collect_round(
     result.tasks = len(task_ids)
     dataset.state_name = selection.state_name
     state = dataset.load_state()
-    snapshots: list[dict[str, Any]] = []
-    checkpoints: list[dict[str, Any]] = []
-    polls: list[dict[str, Any]] = []
-    changes: dict[str, TaskState] = {}
-    events: list[dict[str, Any]] = []
+    # The round's rows wait as Arrow columns, not Python dicts: a first round may bring millions of checkpoints.
+    snapshots, checkpoints, polls, events = Rows(SNAPSHOTS, 1000), Rows(CHECKPOINTS), Rows(POLLS, 1000), Rows(EVENTS)
+    changes = Rows(STATE)  # the new state of each task that changed, with all its checkpoints
     baseline = not state  # the first round over an empty dataset reports no terminal status it merely finds
 
     for task_id, outcome, elapsed, polled_at in _describe_all(client, task_ids, concurrency, stop, progress, now):
         poll: dict[str, Any] = {"poll_id": uuid.uuid4().hex, "task_id": task_id, "polled_at": polled_at,
                                 "elapsed_ms": elapsed * 1000}  # fmt: skip
-        polls.append(poll)
         if isinstance(outcome, ApiError):
             result.errors += 1
             result.failures.append(outcome)
             result.statuses[task_id] = state[task_id].run_status if task_id in state else None
             poll.update(outcome="error", http_status=outcome.status, error_code=outcome.code and utf8(outcome.code),
                         error_message=utf8(outcome.message), request_id=outcome.request_id)  # fmt: skip
+            polls.add(poll)
             continue
         answer = outcome
         row = normalise(task_id, answer.result, polled_at, answer.request_id)
         snapshot = row.snapshot
         snapshot["task_id"] = task_id
-        previous = state.get(task_id)
+        previous = state.get(task_id)  # checkpoints as a dict for this task only, dropped after it
         known = dict(previous.checkpoints) if previous else {}
         new_points = _new_checkpoints(row.checkpoints, known)
         for point in new_points:
             known[point["step"]] = (point["perplexity"], point["training_loss"])
-            checkpoints.append({"task_id": task_id, **point, "observed_at": polled_at})
+            # superseded: False, as each step is written once per round (the checkpoints view relies on it)
+            checkpoints.add({"task_id": task_id, **point, "observed_at": polled_at, "superseded": False})
         result.new_checkpoints += len(new_points)
         changed = previous is None or previous.state_hash != snapshot["state_hash"]
         if changed:
-            snapshots.append(snapshot)
+            snapshots.add(snapshot)
             result.changed += 1
         else:
             result.unchanged += 1
         result.statuses[task_id] = snapshot["run_status"]
         current = TaskState(snapshot["state_hash"], snapshot["run_status"], snapshot["run_progress"], polled_at, known)
         found = derive(previous, current, snapshot, stall_after=stall_after, baseline=baseline)
-        events += found
+        for event in found:
+            events.add(event)
         if changed or new_points or found:  # a reported stall is remembered, so it is reported once
-            changes[task_id] = current
+            changes.add(state_row(task_id, current), size=1 + len(known))
         poll.update(outcome="changed" if changed else "unchanged", http_status=answer.status,
                     request_id=answer.request_id)  # fmt: skip
+        polls.add(poll)
     result.interrupted = bool(stop and stop.is_set())
+    del state  # save_state reads the file again (another collector may have replaced it): one copy at a time
 
     # Data before polls before state: a crash in between leaves rows the views de-duplicate, never a gap.
     write_time = now()
-    dataset.append("snapshots", snapshots, write_time)
-    dataset.append("checkpoints", checkpoints, write_time)
-    dataset.append("events", events, write_time)
+    dataset.append_table("snapshots", snapshots.table(), write_time)
+    dataset.append_table("checkpoints", checkpoints.table(), write_time)
+    dataset.append_table("events", events.table(), write_time)
     result.events = len(events)
-    dataset.append("polls", polls, write_time)
+    dataset.append_table("polls", polls.table(), write_time)
     if changes:
-        dataset.save_state(changes)
+        dataset.save_state(changes.table(), create=baseline)  # a state file found at the start is only updated
     if compact:
         dataset.compact(write_time)
     if notifier is not None:

@@ -71,6 +71,9 @@ CHECKPOINTS = pa.schema(
         ("perplexity", pa.float64()),
         ("training_loss", pa.float64()),
         ("observed_at", TS),
+        # True when a later row of the same file holds the same task and step (compaction sets it, collectors
+        # write False). It lets the checkpoints view skip de-duplicating the files that cannot hold a repeat.
+        ("superseded", pa.bool_()),
     ]
 )
 POLLS = pa.schema(
@@ -229,6 +232,8 @@ def parse_checkpoints(value: Any) -> tuple[list[dict[str, Any]], bool]:
 
 
 CURVE_SUMMARY = ("last_step", "final_loss", "best_loss", "final_perplexity", "best_perplexity")
+# Columns declared after files of their table were first written: older files lack them and read them as NULL.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"snapshots": CURVE_SUMMARY, "checkpoints": ("superseded",)}
 
 
 def curve_summary(points: list[dict[str, Any]]) -> dict[str, Any]:

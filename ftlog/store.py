@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -24,11 +25,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from .schema import TABLES, TIME_COLUMNS, TS
+from .schema import ADDED_COLUMNS, TABLES, TIME_COLUMNS, TS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ STATE = pa.schema(
         ("stall_reported", pa.bool_()),
     ]
 )
+POINT = ("step", "perplexity", "training_loss")  # the fields of a STATE checkpoint
+_STATE_DICTIONARY = ["task_id", "state_hash", "run_status"]
 OPEN_PARTITION_MAX_FILES = 48  # compact today's partition too once it holds this many files
 STALE_TMP = timedelta(hours=1)
 
@@ -75,6 +79,92 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         for f in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+class State(Mapping[str, TaskState]):
+    """The collector state as an Arrow table (schema ``STATE``), read as a mapping task_id -> TaskState.
+
+    A task's TaskState, its checkpoints a dict, is built only when asked for and not kept: as Python objects a
+    million checkpoints take over 300 MB, as Arrow columns about 25 MB.
+    """
+
+    def __init__(self, table: pa.Table | None = None) -> None:
+        # One chunk per column, so that a row number finds a task's values (no copy for a file's single chunk).
+        self.table = (STATE.empty_table() if table is None else conform(table, STATE)).combine_chunks()
+        self._columns = {name: self.table.column(name).combine_chunks() for name in STATE.names}
+        # A task listed twice (never written so, but tolerated) reads as its last row, as a dict would.
+        self._rows = {task_id: row for row, task_id in enumerate(self._columns["task_id"].to_pylist())}
+
+    def __getitem__(self, task_id: str) -> TaskState:
+        row = self._rows[task_id]
+        state_hash, status, progress, observed_at, since, stalled = (
+            self._columns[name][row].as_py()
+            for name in ("state_hash", "run_status", "run_progress", "observed_at", "progress_since", "stall_reported")
+        )
+        points = self._columns["checkpoints"][row].values  # this task's checkpoints, None for a NULL list
+        steps, perplexity, loss = ([] if points is None else points.field(name).to_pylist() for name in POINT)
+        checkpoints = dict(zip(steps, zip(perplexity, loss, strict=True), strict=True))
+        return TaskState(state_hash, status, progress, observed_at, checkpoints, since, bool(stalled))
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def state_row(task_id: str, state: TaskState) -> dict[str, Any]:
+    """One ``STATE`` row, checkpoints in step order."""
+    return {
+        "task_id": task_id,
+        "state_hash": state.state_hash,
+        "run_status": state.run_status,
+        "run_progress": state.run_progress,
+        "observed_at": state.observed_at,
+        "checkpoints": [
+            {"step": step, "perplexity": p, "training_loss": loss}
+            for step, (p, loss) in sorted(state.checkpoints.items())
+        ],
+        "progress_since": state.progress_since,
+        "stall_reported": state.stall_reported,
+    }
+
+
+class Rows:
+    """Rows turned into Arrow record batches every ``batch`` values as they are added, so that a round's million
+    checkpoint rows never wait as Python objects (a few hundred bytes each) to be written."""
+
+    def __init__(self, schema: pa.Schema, batch: int = 10_000) -> None:
+        self.schema = schema
+        self.batch = batch
+        self._pending: list[Mapping[str, Any]] = []
+        self._size = 0
+        self._batches: list[pa.RecordBatch] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, row: Mapping[str, Any], size: int = 1) -> None:
+        """Add a row, not to be changed afterwards; ``size`` counts its values towards the batch (a state row
+        holds all its checkpoints)."""
+        self._pending.append(row)
+        self._count += 1
+        self._size += size
+        if self._size >= self.batch:
+            self._flush()
+
+    def table(self) -> pa.Table:
+        self._flush()
+        return pa.Table.from_batches(self._batches, schema=self.schema)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._batches.append(pa.RecordBatch.from_pylist(self._pending, schema=self.schema))
+            self._pending, self._size = [], 0
 
 
 class Dataset:
@@ -134,15 +224,17 @@ class Dataset:
 
     def append(self, name: str, rows: list[dict[str, Any]], now: datetime) -> list[str]:
         """Write rows as one new file per UTC date they fall on; return the paths written."""
-        if not rows:
+        return self.append_table(name, pa.Table.from_pylist(rows, schema=TABLES[name]), now) if rows else []
+
+    def append_table(self, name: str, table: pa.Table, now: datetime) -> list[str]:
+        """:meth:`append` for rows already in an Arrow table."""
+        if not len(table):
             return []
-        by_date: dict[date, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_date.setdefault(row[TIME_COLUMNS[name]].astimezone(timezone.utc).date(), []).append(row)
-        schema = TABLES[name]
+        days = pc.cast(table.column(TIME_COLUMNS[name]).cast(TS), pa.date32())  # TS is UTC, so UTC dates
+        found = sorted(pc.unique(days).to_pylist())
         return [
-            self.write_table(name, pa.Table.from_pylist(part, schema=schema), day, now)
-            for day, part in sorted(by_date.items())
+            self.write_table(name, table if len(found) == 1 else table.filter(pc.equal(days, day)), day, now)
+            for day in found
         ]
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -165,7 +257,7 @@ class Dataset:
     def read_table(self, path: str, name: str) -> pa.Table:
         return conform(pq.read_table(path, filesystem=self.fs), TABLES[name])
 
-    def duckdb_source(self, name: str) -> str:
+    def duckdb_source(self, name: str, *, filename: bool = False) -> str:
         """A DuckDB table expression over every data file of ``name`` (hive partitions, schema by name).
 
         Local folders are read by DuckDB directly; object stores through :meth:`register_with`, which hands
@@ -176,7 +268,8 @@ class Dataset:
         if not self.is_local:
             pattern = f"{self.scheme}://{pattern}"
         pattern = pattern.replace("'", "''")
-        return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+        options = ", filename = true" if filename else ""
+        return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true{options})"
 
     def register_with(self, con: duckdb.DuckDBPyConnection) -> None:
         """Let DuckDB read an object-store dataset through the same filesystem ftlog writes with (no DuckDB
@@ -192,101 +285,98 @@ class Dataset:
         """Sharded collectors keep one state file each, so they never overwrite each other's."""
         return self.path("_state", f"{self.state_name}.parquet")
 
-    def load_state(self) -> dict[str, TaskState]:
+    def load_state(self) -> State:
         """The last known state of every task, read from the state file: its cost follows the number of tasks,
         not the length of history. A missing or unreadable file is rebuilt from the dataset and saved again."""
-        path = self.state_path()
         try:
-            # In one read: other collectors replace this file while it is read, and reopening it by name halfway
-            # (as reading by path does) would mix the old file's footer with the new file's pages.
-            with self.fs.open_input_file(path) as source:
-                table = pq.read_table(pa.BufferReader(source.read()))
+            return State(self._read_state())
         except FileNotFoundError:
             return self._rebuild_state()
         except (OSError, pa.ArrowException) as exc:
-            log.warning("collector state %s is unreadable (%s); rebuilding it from the dataset", path, exc)
+            log.warning("collector state %s is unreadable (%s); rebuilding it from the dataset", self.state_path(), exc)
             return self._rebuild_state()
-        return {row["task_id"]: _task_state(row) for row in conform(table, STATE).to_pylist()}
 
-    def save_state(self, changes: dict[str, TaskState]) -> None:
-        """Merge ``changes`` into the state file (newest observation wins) and replace it atomically."""
-        state = self.load_state()
-        for task_id, new in changes.items():
-            old = state.get(task_id)
-            if old is None or old.observed_at is None or (new.observed_at and new.observed_at >= old.observed_at):
-                state[task_id] = new
-        self._write_state(state)
+    def save_state(self, changes: pa.Table, *, create: bool = True) -> None:
+        """Merge ``changes`` (``STATE`` rows) into the state file as it is now, which another collector may have
+        replaced meanwhile (newest observation per task wins), and replace it atomically.
 
-    def _rebuild_state(self) -> dict[str, TaskState]:
+        Without a readable file, ``changes`` alone become the state if ``create``; otherwise the file is left as it
+        is, for the next :meth:`load_state` to rebuild from the data (which holds this round's rows by then): a
+        collector that read a state file must not turn one removed meanwhile (``ftlog check --repair``) into a
+        state that lacks every task this round left unchanged."""
+        try:
+            base = self._read_state()
+        except (OSError, pa.ArrowException) as exc:
+            if not create:
+                return
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("collector state %s is unreadable (%s); replacing it", self.state_path(), exc)
+            base = STATE.empty_table()
+        self._write_state(_merge_states(base, conform(changes, STATE)))
+
+    def _read_state(self) -> pa.Table:
+        # In one read: other collectors replace this file while it is read, and reopening it by name halfway
+        # (as reading by path does) would mix the old file's footer with the new file's pages.
+        with self.fs.open_input_file(self.state_path()) as source:
+            return conform(pq.read_table(pa.BufferReader(source.read())), STATE)
+
+    def _rebuild_state(self) -> State:
         # Saved right away: otherwise a round that changes nothing would leave the file missing, and every later
         # round would scan the whole history again.
-        state = self._state_from_history()
-        if state:
-            self._write_state(state)
-        return state
+        table = self._state_from_history()
+        if len(table):
+            self._write_state(table)
+        return State(table)
 
-    def _write_state(self, state: dict[str, TaskState]) -> None:
-        rows = [
-            {
-                "task_id": task_id,
-                "state_hash": s.state_hash,
-                "run_status": s.run_status,
-                "run_progress": s.run_progress,
-                "observed_at": s.observed_at,
-                "checkpoints": [
-                    {"step": step, "perplexity": p, "training_loss": loss} for step, (p, loss) in s.checkpoints.items()
-                ],
-                "progress_since": s.progress_since,
-                "stall_reported": s.stall_reported,
-            }
-            for task_id, s in state.items()
-        ]
+    def _write_state(self, table: pa.Table) -> None:
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=STATE), buffer, compression="zstd")
+        # Dictionaries only where values repeat: for checkpoint values the writer would build and drop them.
+        pq.write_table(conform(table, STATE), buffer, compression="zstd", use_dictionary=_STATE_DICTIONARY)
         self.write_bytes(self.state_path(), buffer.getvalue())
 
-    def _state_from_history(self) -> dict[str, TaskState]:
+    def _state_from_history(self) -> pa.Table:
         """Rebuild the cache from stored rows: needed only when the state file is missing or unreadable."""
         if not self.files("snapshots"):
-            return {}
-        from .views import connect, retry_vanished  # local import: views depend on this module
+            return STATE.empty_table()
+        from .views import connect, fetch  # local import: views depend on this module
 
         con = connect(self)
         try:
-            snaps = retry_vanished(lambda: con.execute(_REBUILD_TASKS).fetchall())
-            points = retry_vanished(
-                lambda: con.execute("SELECT task_id, step, perplexity, training_loss FROM checkpoints").fetchall()
-            )
+            return conform(fetch(con, _REBUILD_STATE), STATE)
         finally:
             con.close()
-        state = {
-            task_id: TaskState(state_hash, status, progress, observed_at, {}, since, stalled)
-            for task_id, state_hash, status, progress, observed_at, since, stalled in snaps
-        }
-        for task_id, step, perplexity, loss in points:
-            state.setdefault(task_id, TaskState(None, None, None, None, {})).checkpoints[step] = (
-                perplexity,
-                loss,
-            )
-        return state
 
     # -- maintenance ------------------------------------------------------------------------------------------
-    def compact(self, now: datetime | None = None, *, open_max_files: int = OPEN_PARTITION_MAX_FILES) -> int:
+    def compact(
+        self, now: datetime | None = None, *, open_max_files: int = OPEN_PARTITION_MAX_FILES, upgrade: bool = False
+    ) -> int:
         """Merge each closed date partition (and any partition past ``open_max_files``) into one file.
 
         The merged file is written before the sources are deleted, so a reader sees every row at every moment
-        (sometimes twice, which the views absorb). Returns the number of files removed.
+        (sometimes twice, which the views absorb). With ``upgrade``, a partition holding a file written before a
+        column was declared (``schema.ADDED_COLUMNS``) is rewritten too, even alone or today's, so it gains the
+        column (this reads every file's footer, so the collector's own compaction leaves it out). Returns the
+        number of files removed.
         """
         today = (now or datetime.now(timezone.utc)).date().isoformat()
         removed = 0
         for name in TABLES:
             for day, infos in sorted(self.partitions(name).items()):
+                paths = [info.path for info in infos]
                 closed = day < today
-                if len(infos) < 2 or (not closed and len(infos) < open_max_files):
+                outdated = upgrade and any(self._lacks_columns(path, name) for path in paths)
+                if not outdated and (len(infos) < 2 or (not closed and len(infos) < open_max_files)):
                     continue
-                removed += self._merge(name, day, [info.path for info in infos], now or datetime.now(timezone.utc))
+                removed += self._merge(name, day, paths, now or datetime.now(timezone.utc))
         self.remove_stale_tmp(now)
         return removed
+
+    def _lacks_columns(self, path: str, name: str) -> bool:
+        try:
+            names = pq.read_schema(path, filesystem=self.fs).names
+        except (OSError, pa.ArrowException):
+            return False  # vanished or unreadable: nothing to upgrade here (``ftlog check`` reports the latter)
+        return any(column not in names for column in ADDED_COLUMNS.get(name, ()))
 
     def _merge(self, name: str, day: str, paths: list[str], now: datetime) -> int:
         try:
@@ -320,18 +410,26 @@ class Dataset:
 
 # The stall fields as the collector keeps them: since when the latest status and progress have held (where the
 # last run of equal values starts), and whether a stall was reported since then.
-_REBUILD_TASKS = """
+_REBUILD_STATE = """
     WITH moves AS (
         SELECT task_id, max(observed_at) AS progress_since FROM (
             SELECT task_id, observed_at, (run_status, run_progress) IS DISTINCT FROM
                    lag((run_status, run_progress)) OVER (PARTITION BY task_id ORDER BY observed_at) AS moved
             FROM snapshots
         ) WHERE moved GROUP BY task_id
+    ), known AS (
+        SELECT t.task_id, t.state_hash, t.run_status, t.run_progress, t.observed_at, m.progress_since,
+               EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.task_id AND e.kind = 'stall'
+                       AND e."at" >= m.progress_since) AS stall_reported
+        FROM tasks t LEFT JOIN moves m USING (task_id)
+    ), points AS (
+        SELECT task_id, list(struct_pack(step, perplexity, training_loss) ORDER BY step) AS checkpoints
+        FROM checkpoints GROUP BY task_id
     )
-    SELECT t.task_id, t.state_hash, t.run_status, t.run_progress, t.observed_at, m.progress_since,
-           EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.task_id AND e.kind = 'stall'
-                   AND e."at" >= m.progress_since) AS stall_reported
-    FROM tasks t LEFT JOIN moves m USING (task_id)
+    SELECT task_id, k.state_hash, k.run_status, k.run_progress, k.observed_at,
+           coalesce(p.checkpoints, []) AS checkpoints, k.progress_since,
+           coalesce(k.stall_reported, false) AS stall_reported
+    FROM known k FULL JOIN points p USING (task_id)
 """
 NATURAL_KEYS = {
     "snapshots": "task_id, observed_at, state_hash",
@@ -348,9 +446,12 @@ def dedupe(name: str, table: pa.Table) -> pa.Table:
     try:
         con.register("t", table)
         time_column = TIME_COLUMNS[name]
-        relation = con.sql(
-            f"SELECT DISTINCT ON ({NATURAL_KEYS[name]}) * FROM t ORDER BY {NATURAL_KEYS[name]}, {time_column}"
-        )
+        sql = f"SELECT DISTINCT ON ({NATURAL_KEYS[name]}) * FROM t ORDER BY {NATURAL_KEYS[name]}, {time_column}"
+        if name == "checkpoints":  # mark every value of a step but its latest, which the checkpoints view relies on
+            sql = f"""SELECT * REPLACE (row_number() OVER (PARTITION BY task_id, step
+                                        ORDER BY observed_at DESC, perplexity, training_loss) > 1 AS superseded)
+                      FROM ({sql})"""
+        relation = con.sql(sql)
         # fetch_arrow_table() warns as deprecated from DuckDB 1.4 on, where to_arrow_table() replaces it
         fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
         result = fetch()
@@ -375,14 +476,12 @@ def _duckdb_filesystem(fs: pafs.FileSystem, scheme: str) -> Any:
     return ObjectStore(fs)
 
 
-def _task_state(row: dict[str, Any]) -> TaskState:
-    points = row.get("checkpoints") or []
-    return TaskState(
-        row["state_hash"],
-        row["run_status"],
-        row["run_progress"],
-        row["observed_at"],
-        {p["step"]: (p["perplexity"], p["training_loss"]) for p in points},
-        row.get("progress_since"),
-        bool(row.get("stall_reported")),
-    )
+def _merge_states(base: pa.Table, changes: pa.Table) -> pa.Table:
+    """``base`` with each task's row replaced by its row in ``changes``, unless ``base`` observed the task later."""
+    at = pc.index_in(changes.column("task_id"), value_set=base.column("task_id"))
+    before = pc.take(base.column("observed_at"), at)
+    # Null ``before``: a task new to ``base``, or a row without a time; both give way, as does an equal time.
+    wins = pc.or_kleene(pc.is_null(before), pc.greater_equal(changes.column("observed_at"), before))
+    changes = changes.filter(pc.fill_null(wins, False))
+    kept = base.filter(pc.invert(pc.is_in(base.column("task_id"), value_set=changes.column("task_id"))))
+    return pa.concat_tables([kept, changes])

@@ -42,9 +42,43 @@ VIEWS: dict[str, str] = {
         SELECT ranked.* EXCLUDE (rn), last_poll.last_polled_at
         FROM ranked LEFT JOIN last_poll USING (task_id) WHERE rn = 1
     """,
+    # The latest value per (task_id, step). A collector's file holds each task's step once, and compaction marks
+    # every repeat within its file as superseded, so a step can repeat only across files: for a task whose files'
+    # step ranges are disjoint, every row already is the latest. Only tasks with overlapping ranges (a changed
+    # value, overlapping collectors, an interrupted compaction) or with files of unknown make (superseded NULL,
+    # written before the column existed) pay for de-duplication, which on every row would cost more than the scan.
     "checkpoints": """
-        SELECT task_id, step, perplexity, training_loss, observed_at FROM _checkpoints
-        QUALIFY row_number() OVER (PARTITION BY task_id, step ORDER BY observed_at DESC) = 1
+        WITH candidates AS (
+            SELECT task_id, step, perplexity, training_loss, observed_at, superseded, filename FROM _checkpoints
+            WHERE superseded IS NOT TRUE
+        ), spans AS (
+            SELECT task_id, filename, min(step) AS low, max(step) AS high, bool_or(superseded IS NULL) AS unknown
+            FROM candidates GROUP BY task_id, filename
+        ), mixed AS (
+            SELECT task_id FROM spans WHERE unknown
+            UNION
+            SELECT a.task_id FROM spans a JOIN spans b
+                ON a.task_id = b.task_id AND a.filename < b.filename AND a.low <= b.high AND b.low <= a.high
+        )
+        SELECT task_id, step, perplexity, training_loss, observed_at FROM candidates ANTI JOIN mixed USING (task_id)
+        UNION ALL (
+            SELECT task_id, step, perplexity, training_loss, observed_at FROM candidates SEMI JOIN mixed USING (task_id)
+            QUALIFY row_number() OVER (PARTITION BY task_id, step ORDER BY observed_at DESC) = 1
+        )
+    """,
+    # Every checkpoint with its task's current attributes, for curves across models, modes and scales. The
+    # attributes come straight from the latest stored snapshot (a repeat of a state carries the same values), which
+    # spares the curves the window functions of the tasks view.
+    "curves": """
+        SELECT c.task_id, a.job_id, a.job_name, a.model, a.train_mode, a.parameter_scale,
+               c.step, c.training_loss, c.perplexity, c.observed_at
+        FROM checkpoints c JOIN (
+            SELECT task_id, unnest(arg_min(
+                {'job_id': job_id, 'job_name': job_name, 'model': model, 'train_mode': train_mode,
+                 'parameter_scale': parameter_scale},
+                {'at': -epoch_us(observed_at), 'hash': state_hash}  -- the latest; ties as the tasks view breaks them
+            )) FROM _snapshots GROUP BY task_id
+        ) a USING (task_id)
     """,
     "reported_metrics": """
         SELECT * FROM snapshots WHERE len(metrics) > 0
@@ -73,7 +107,7 @@ VIEWS: dict[str, str] = {
     """,
     "deliveries": "SELECT DISTINCT ON (event_id, target, attempted_at, outcome) * FROM _deliveries",
 }
-VIEW_ORDER = ["snapshots", "polls", "tasks", "checkpoints", "reported_metrics", "metrics", "metric_values",
+VIEW_ORDER = ["snapshots", "polls", "tasks", "checkpoints", "curves", "reported_metrics", "metrics", "metric_values",
               "status_changes", "events", "deliveries"]  # fmt: skip
 
 
@@ -81,11 +115,27 @@ def ensure_views(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
     """(Re)create the source tables and every view; idempotent. Empty tables get typed empty sources."""
     dataset.register_with(con)
     for name, schema in TABLES.items():
-        if dataset.files(name):
-            con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date) FROM {dataset.duckdb_source(name)}")
-        else:
-            con.register(f"_{name}_empty", schema.empty_table())
-            con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * FROM _{name}_empty")
+        con.register(f"_{name}_empty", schema.empty_table())
+        # Which file each row came from: the checkpoints view compares files' step ranges (see VIEWS).
+        with_filename = name == "checkpoints"
+        if not dataset.files(name):
+            extra = ", NULL::VARCHAR AS filename" if with_filename else ""
+            con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT *{extra} FROM _{name}_empty")
+            continue
+        source = dataset.duckdb_source(name, filename=with_filename)
+        con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date) FROM {source}")
+        # Files written before a column was declared lack it; when every file does, add it as NULL.
+        present = set(con.table(f"_{name}").columns)
+        declared = con.table(f"_{name}_empty")
+        missing = [
+            f"NULL::{kind} AS {column}"
+            for column, kind in zip(declared.columns, declared.types, strict=True)
+            if column not in present
+        ]
+        if missing:
+            con.execute(
+                f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date), {', '.join(missing)} FROM {source}"
+            )
     for name in VIEW_ORDER:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
 

@@ -187,10 +187,19 @@ def test_checkpoints_deduplicated_with_out_of_order_and_repeated_steps(
         assert result.new_checkpoints == expected_new, points
 
     assert count(dataset, "_checkpoints") == sum(n for _, n in rounds) == 7  # 64 stored three times
+    # A collector's file holds each step once, which the checkpoints view relies on (it says so in `superseded`).
+    assert query(dataset, "SELECT DISTINCT superseded FROM _checkpoints") == [(False,)]
     latest = query(dataset, "SELECT step, perplexity, training_loss FROM checkpoints ORDER BY step")
     assert latest[:4] == [(64, 2.9, 1.06), (128, 1.9, 0.64), (192, 1.5, 0.41), (256, 1.3, 0.26)]
     assert latest[4][0] == 320 and math.isnan(latest[4][1]) and latest[4][2] == math.inf
     assert count(dataset, "checkpoints") == 5
+
+    # Merged into one file, every value of step 64 but the latest is marked superseded; the view is unchanged.
+    assert dataset.compact(clock.now + timedelta(days=1)) > 1 and len(dataset.files("checkpoints")) == 1
+    marked = "SELECT step, count(*) FILTER (WHERE superseded) FROM _checkpoints GROUP BY step ORDER BY step"
+    assert query(dataset, marked) == [(64, 2), (128, 0), (192, 0), (256, 0), (320, 0)]
+    again = query(dataset, "SELECT step, perplexity, training_loss FROM checkpoints ORDER BY step")
+    assert again[:4] == latest[:4] and again[4][0] == 320 and len(again) == 5
 
 
 # -- failures ------------------------------------------------------------------------------------------------

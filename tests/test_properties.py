@@ -120,3 +120,80 @@ def test_check_repair_leaves_a_readable_dataset_whatever_a_file_holds(cut: float
         assert check(folder).count("unreadable") == 0
         with connect(dataset) as con:
             assert con.execute("SELECT count(*) FROM snapshots").fetchall() == [(1,)]
+
+
+# One write of checkpoint rows: who wrote it, and (task, step, value) rows in the order written.
+WRITE = st.tuples(
+    st.sampled_from(["collector", "older_ftlog", "copy"]),
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 6), st.integers(0, 3)), max_size=12),
+)
+
+
+@given(writes=st.lists(WRITE, min_size=1, max_size=10), compact_at=st.none() | st.integers(0, 9))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_checkpoints_view_keeps_the_latest_value_per_step_however_files_overlap(
+    writes: list[tuple[str, list[tuple[str, int, int]]]], compact_at: int | None
+) -> None:
+    """The checkpoints view takes the fast path only for tasks whose files' step ranges are disjoint: whatever mix
+    of collector files, files of an older ftlog (no ``superseded`` column, any repeats), copied files (as an
+    interrupted compaction leaves) and compactions, it equals the latest value per (task, step), compared here with
+    the plain de-duplication over every stored row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ftlog.schema import CHECKPOINTS
+
+    start = datetime(2026, 5, 1, 23, 55, tzinfo=timezone.utc)  # writes cross midnight: two date partitions
+    with tempfile.TemporaryDirectory() as folder:
+        dataset = Dataset(folder)
+        written: list[str] = []
+        for i, (kind, rows) in enumerate(writes):
+            at = start + timedelta(minutes=i)
+            if kind == "copy" and written:
+                source = Path(written[-1])
+                copy = source.with_name(f"{at:%Y%m%dT%H%M%S%f}-copy{i:04d}.parquet")
+                copy.write_bytes(source.read_bytes())
+                written.append(str(copy))
+            elif kind == "collector":  # one answer per task: each step once, its last value
+                latest = {(task, step): value for task, step, value in rows}
+                table = pa.Table.from_pylist(
+                    [
+                        {"task_id": t, "step": s, "perplexity": float(v), "training_loss": float(v),
+                         "observed_at": at, "superseded": False}
+                        for (t, s), v in latest.items()
+                    ],
+                    schema=CHECKPOINTS,
+                )  # fmt: skip
+                written.append(dataset.write_table("checkpoints", table, at.date(), at))
+            elif rows:  # an older ftlog: no superseded column, rows a second apart, repeats allowed
+                table = pa.Table.from_pylist(
+                    [
+                        {"task_id": t, "step": s, "perplexity": float(v), "training_loss": float(v),
+                         "observed_at": at + timedelta(seconds=j)}
+                        for j, (t, s, v) in enumerate(rows)
+                    ],
+                    schema=CHECKPOINTS.remove(CHECKPOINTS.get_field_index("superseded")),
+                )  # fmt: skip
+                path = Path(folder, "checkpoints", f"date={at.date()}", f"{at:%Y%m%dT%H%M%S%f}-old{i:04d}.parquet")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(table, path)
+                written.append(str(path))
+            if compact_at == i:
+                dataset.compact(at + timedelta(days=1), upgrade=i % 2 == 0)
+                written = dataset.files("checkpoints")
+        if not written:
+            return
+        with connect(dataset) as con:
+            view = con.execute("SELECT task_id, step, perplexity, observed_at FROM checkpoints ORDER BY ALL").fetchall()
+            expected = con.execute(
+                """SELECT task_id, step, perplexity, observed_at FROM _checkpoints
+                   QUALIFY row_number() OVER (PARTITION BY task_id, step ORDER BY observed_at DESC) = 1
+                   ORDER BY ALL"""
+            ).fetchall()
+        assert view == expected
+        assert check(folder).count("schema") == 0
+        dataset.compact(start + timedelta(days=3), upgrade=True)
+        with connect(dataset) as con:
+            again = con.execute("SELECT task_id, step, perplexity, observed_at FROM checkpoints ORDER BY ALL")
+            assert again.fetchall() == expected
+            assert con.execute("SELECT count(*) FROM _checkpoints WHERE superseded IS NULL").fetchone() == (0,)

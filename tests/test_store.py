@@ -19,7 +19,7 @@ from ftlog.client import QianfanClient
 from ftlog.collect import Selection, collect_round
 from ftlog.schema import CHECKPOINTS, SNAPSHOTS, as_number, as_time, normalise
 from ftlog.simulator import Simulator
-from ftlog.store import Dataset, dedupe
+from ftlog.store import STATE, Dataset, TaskState, dedupe, state_row
 from ftlog.views import connect
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
@@ -421,6 +421,24 @@ def test_unreadable_state_is_rebuilt(
         assert dataset.load_state() == state
     assert "unreadable" in caplog.text
     assert pq.read_table(data / "_state" / "tasks.parquet").num_rows == 3
+
+
+def test_save_state_merges_with_the_file_as_it_is_then(dataset: Dataset, data: Path) -> None:
+    def rows(*tasks: tuple[str, str, datetime | None]) -> pa.Table:
+        states = {task_id: TaskState(h, "Running", 50.0, at, {1: (2.0, 0.5)}) for task_id, h, at in tasks}
+        return pa.Table.from_pylist([state_row(task_id, s) for task_id, s in states.items()], schema=STATE)
+
+    later = T0 + timedelta(minutes=1)
+    dataset.save_state(rows(("a", "a1", T0), ("b", "b1", later), ("c", "c1", None), ("d", "d1", T0)), create=False)
+    assert not (data / "_state" / "tasks.parquet").exists()  # left for the next round to rebuild from the data
+    dataset.save_state(rows(("a", "a1", T0), ("b", "b1", later), ("c", "c1", None), ("d", "d1", T0)))
+    # Newest observation wins; a tie or a stored row without a time gives way to the change.
+    dataset.save_state(rows(("a", "a2", T0), ("b", "b2", T0), ("c", "c2", T0), ("e", "e2", T0)), create=False)
+    state = dataset.load_state()
+    assert {task_id: s.state_hash for task_id, s in state.items()} == {"a": "a2", "b": "b1", "c": "c2", "d": "d1",
+                                                                       "e": "e2"}  # fmt: skip
+    assert "a" in state and "z" not in state and len(state) == 5
+    assert state["e"] == TaskState("e2", "Running", 50.0, T0, {1: (2.0, 0.5)}, None, False)
 
 
 def _raw_counts(dataset: Dataset) -> dict[str, int]:
