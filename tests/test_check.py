@@ -136,3 +136,32 @@ def test_no_dataset_is_an_error(tmp_path: Path) -> None:
     result = run("check", "--data", str(tmp_path / "nothing-here"))
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: no dataset at") and result.stdout == ""
+
+
+def test_files_of_an_older_ftlog_pass_check_and_compact_gives_them_the_new_columns(collected: Path) -> None:
+    """Columns declared later (schema.ADDED_COLUMNS) are missing from older files: `check` accepts them, every view
+    reads them as NULL, and `ftlog compact` rewrites those files, even alone in a partition, so they gain them."""
+    con = connect(collected)
+    before = {v: con.execute(f"SELECT * FROM {v} ORDER BY ALL").fetchall() for v in ("checkpoints", "curves")}
+    con.close()
+    for table, dropped in (("checkpoints", ["superseded"]), ("snapshots", ["last_step", "final_loss"])):
+        for path in files(collected, table):
+            old = pq.read_table(path)
+            pq.write_table(old.drop_columns(dropped), path)
+    assert run("check", "--data", str(collected)).exit_code == 0
+    con = connect(collected)
+    assert con.execute("SELECT count(*) FROM _checkpoints WHERE superseded IS NOT NULL").fetchone() == (0,)
+    assert {v: con.execute(f"SELECT * FROM {v} ORDER BY ALL").fetchall() for v in before} == before
+    con.close()
+
+    result = run("compact", "--data", str(collected))
+    assert result.exit_code == 0, result.output
+    for table in ("checkpoints", "snapshots"):
+        assert all("superseded" in pq.read_schema(p).names or table == "snapshots" for p in files(collected, table))
+        assert all("last_step" in pq.read_schema(p).names or table == "checkpoints" for p in files(collected, table))
+    assert len(files(collected, "checkpoints")) == 2  # one per day: the closed day merged, the last day rewritten
+    con = connect(collected)
+    assert con.execute("SELECT count(*) FROM _checkpoints WHERE superseded IS NULL").fetchone() == (0,)
+    assert {v: con.execute(f"SELECT * FROM {v} ORDER BY ALL").fetchall() for v in before} == before
+    con.close()
+    assert run("check", "--data", str(collected)).exit_code == 0
