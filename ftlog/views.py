@@ -22,6 +22,16 @@ T = TypeVar("T")
 _LAMBDA = "lambda c:" if tuple(int(p) for p in duckdb.__version__.split(".")[:2]) >= (1, 3) else "c ->"
 VANISHED_RETRIES = 5
 
+# The attributes a curve is grouped by, per task as its latest snapshot holds them. Straight from the stored rows
+# (a repeat of a state carries the same values), which spares the window functions of the tasks view.
+CURVE_ATTRIBUTES = ("job_id", "job_name", "model", "train_mode", "parameter_scale")
+TASK_ATTRIBUTES = f"""
+    SELECT task_id, unnest(arg_min(
+        {{{", ".join(f"'{c}': {c}" for c in CURVE_ATTRIBUTES)}}},
+        {{'at': -epoch_us(observed_at), 'hash': state_hash}}  -- the latest; ties broken as the tasks view does
+    )) FROM _snapshots GROUP BY task_id
+"""
+
 # name -> SQL. Sources are the raw tables ``_snapshots``, ``_checkpoints`` and ``_polls`` (created by connect()).
 VIEWS: dict[str, str] = {
     # The curve summary columns (schema.CURVE_SUMMARY) serve analysis.compare from ``_snapshots``; views leave
@@ -66,19 +76,11 @@ VIEWS: dict[str, str] = {
             QUALIFY row_number() OVER (PARTITION BY task_id, step ORDER BY observed_at DESC) = 1
         )
     """,
-    # Every checkpoint with its task's current attributes, for curves across models, modes and scales. The
-    # attributes come straight from the latest stored snapshot (a repeat of a state carries the same values), which
-    # spares the curves the window functions of the tasks view.
-    "curves": """
+    # Every checkpoint with its task's current attributes, for curves across models, modes and scales.
+    "curves": f"""
         SELECT c.task_id, a.job_id, a.job_name, a.model, a.train_mode, a.parameter_scale,
                c.step, c.training_loss, c.perplexity, c.observed_at
-        FROM checkpoints c JOIN (
-            SELECT task_id, unnest(arg_min(
-                {'job_id': job_id, 'job_name': job_name, 'model': model, 'train_mode': train_mode,
-                 'parameter_scale': parameter_scale},
-                {'at': -epoch_us(observed_at), 'hash': state_hash}  -- the latest; ties as the tasks view breaks them
-            )) FROM _snapshots GROUP BY task_id
-        ) a USING (task_id)
+        FROM checkpoints c JOIN ({TASK_ATTRIBUTES}) a USING (task_id)
     """,
     "reported_metrics": """
         SELECT * FROM snapshots WHERE len(metrics) > 0
@@ -149,6 +151,8 @@ def connect(data: str | Path | Dataset = "data") -> duckdb.DuckDBPyConnection:
     dataset = data if isinstance(data, Dataset) else Dataset(data)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    # Data files are immutable (a new name for every write), so their footers can be cached for the connection.
+    con.execute("SET parquet_metadata_cache = true")
     retry_vanished(lambda: ensure_views(con, dataset))  # creating a view reads every file's schema
     return con
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import statistics
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -163,6 +165,36 @@ def test_curves_full_resolution_with_fraction_and_ema(dataset: Dataset) -> None:
     by_step = analysis.curves(dataset, tasks=["task-full00000001"])
     assert by_step["x"].tolist() == [float(s) for s in STEPS]
     assert "training_loss_ema" not in by_step.columns
+
+
+def test_curves_equal_the_curves_view_whatever_the_filter(dataset: Dataset, tmp_path: Path) -> None:
+    """curves() attaches task attributes in Arrow, not SQL; it must return exactly the curves view's rows, and like
+    the view's inner join leave out checkpoints of a task with no snapshot."""
+    copy = tmp_path / "data"
+    shutil.copytree(dataset.root, copy)
+    orphan = pa.table({"task_id": ["task-nosnapshot1"], "step": [8], "perplexity": [2.0], "training_loss": [1.0],
+                       "observed_at": [T0], "superseded": [False]})  # fmt: skip
+    Dataset(copy).append_table("checkpoints", orphan, T0)
+    columns = "task_id, job_id, job_name, model, train_mode, parameter_scale, step, step::DOUBLE AS x"
+    con = connect(copy)
+    cases = [  # tasks, jobs, how many tasks the answer holds
+        (None, None, len(TASKS)),
+        (["task-lora00000002", "task-run000000001"], None, 2),
+        (None, ["job-dpo000000"], 4),
+        (["task-lora00000002"], ["job-dpo000000"], 0),  # both filters apply
+        (["task-nosnapshot1"], None, 0),  # no snapshot, no attributes: left out, as the view's join does
+    ]
+    for tasks, jobs, count in cases:
+        clauses = [f"{c} IN (SELECT unnest(?::VARCHAR[]))" for c, v in (("task_id", tasks), ("job_id", jobs)) if v]
+        expected = con.execute(
+            f"SELECT {columns}, training_loss, perplexity FROM curves WHERE {' AND '.join(clauses) or 'TRUE'} "
+            "ORDER BY task_id, step",
+            [v for v in (tasks, jobs) if v],
+        ).df()
+        frame = analysis.curves(con, tasks=tasks, jobs=jobs)
+        assert frame["task_id"].nunique() == count, (tasks, jobs)
+        pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
+    con.close()
 
 
 def test_compare_groups_match_independent_statistics(dataset: Dataset) -> None:
