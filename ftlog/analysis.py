@@ -162,7 +162,7 @@ def compare(
     where, params = _task_filter(tasks, jobs)
     with _connection(source) as con:
         latest = _latest_states_sql(where)
-        # First from the curve summaries the snapshots carry; only if some task's summary is missing or stale,
+        # First from the curve summaries the snapshots carry; only if some task's summary is missing,
         # again with those tasks summarised from their checkpoints (which costs a read of every checkpoint).
         for recount in (False, True):
             curve = ", ".join(f"t.{v}" for v in CURVE_SUMMARY)
@@ -201,27 +201,25 @@ def compare(
 
 def _latest_states_sql(where: str) -> str:
     """SQL for, per task: the group columns, status and reported metrics of its latest snapshot, the summary of
-    its curve that the snapshot carries, and ``recount`` where that summary is missing or may be out of date
-    (snapshot files from before snapshots carried a summary read it as NULL)."""
+    its curve that the snapshot carries, and ``recount`` where that summary is missing (snapshot files from before
+    snapshots carried a summary read it as NULL)."""
     state = ", ".join(f"'{c}': {c}" for c in (*GROUP_COLUMNS, "checkpoint_count", "last_step", *CURVE_SUMMARY))
     metrics = ", ".join(f"'{c}': {c}" for c in METRICS)
     sql = f"""
         WITH latest AS (
             -- Straight from the stored rows: a snapshot that a second collector stored again holds the same
             -- values, so the de-duplicating views (and their window functions) are not needed for these columns.
-            SELECT task_id, max(observed_at) AS snapshot_at,
+            SELECT task_id,
                    arg_min({{{state}}}, {{'at': -epoch_us(observed_at), 'hash': state_hash}}) AS s,
                    arg_max({{{metrics}}}, observed_at) FILTER (WHERE len(metrics) > 0) AS m
             FROM _snapshots GROUP BY task_id
         ), t AS (
-            SELECT task_id, snapshot_at, unnest(s), unnest(m) FROM latest
+            SELECT task_id, unnest(s), unnest(m) FROM latest
         )
-        SELECT t.* EXCLUDE (snapshot_at, checkpoint_count, last_step),
-               -- A checkpoint value that changed in place makes no new snapshot (the state hash leaves values to
-               -- the checkpoints table), so a checkpoint row newer than the snapshot makes its summary stale.
-               (t.last_step IS NULL AND t.checkpoint_count > 0)
-               OR EXISTS (SELECT 1 FROM _checkpoints c WHERE c.task_id = t.task_id AND c.observed_at > t.snapshot_at)
-               AS recount
+        SELECT t.* EXCLUDE (checkpoint_count, last_step),
+               -- The state hash covers the summary, so the latest snapshot's summary is current; only snapshots
+               -- of an older ftlog lack one.
+               t.last_step IS NULL AND t.checkpoint_count > 0 AS recount
         FROM t
         WHERE {where}
     """

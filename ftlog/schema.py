@@ -274,9 +274,12 @@ def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, reque
         row[column] = next((p["value"] for p in pairs if p["metric"] == key), None)
     row["metrics"] = pairs or None
     row["checkpoint_count"] = len(checkpoints)
-    row.update(curve_summary(checkpoints))
+    summary = curve_summary(checkpoints)
+    row.update(summary)
+    # The checkpoint values live in their own table, but their summary is part of the state: a value revised in
+    # place that moves the final or best value makes a new snapshot, so the latest snapshot's summary is current.
     row["state_hash"] = hashlib.sha1(  # noqa: S324 - a fingerprint for change detection, not security
-        f"{raw}|{len(checkpoints)}".encode()
+        f"{raw}|{len(checkpoints)}|{sorted(summary.items())!r}".encode()
     ).hexdigest()
     row["observed_at"] = observed_at
     row["request_id"] = request_id

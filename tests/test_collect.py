@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ftlog import analysis
 from ftlog.client import QianfanClient
 from ftlog.collect import RoundResult, Selection, collect_round, watch
 from ftlog.errors import ApiError, FtlogError
@@ -200,6 +201,29 @@ def test_checkpoints_deduplicated_with_out_of_order_and_repeated_steps(
     assert query(dataset, marked) == [(64, 2), (128, 0), (192, 0), (256, 0), (320, 0)]
     again = query(dataset, "SELECT step, perplexity, training_loss FROM checkpoints ORDER BY step")
     assert again[:4] == latest[:4] and again[4][0] == 320 and len(again) == 5
+
+
+def test_a_revised_value_that_moves_the_summary_makes_a_snapshot_and_compare_sees_it(
+    sim: Simulator, client: QianfanClient, dataset: Dataset
+) -> None:
+    """compare() reads the curve summary of each task's latest snapshot and no checkpoint: a value revised in place
+    must therefore make a new snapshot when it moves the final or best value, and only then."""
+    clock = Clock()
+    task = "task-revise00001"
+    answers = [
+        (POINTS, 1),
+        ([POINTS[0], {**POINTS[1], "trainingLoss": 0.7}, *POINTS[2:]], 0),  # 128 revised: the summary holds
+        ([*POINTS[:3], {**POINTS[3], "trainingLoss": 0.2}], 1),  # the last step revised: the final and best move
+        ([*POINTS[:3], {**POINTS[3], "trainingLoss": 0.2}], 0),
+    ]
+    for points, changed in answers:
+        script(sim, task, {"runStatus": "Running", "runProgress": "50%", "checkpointList": points})
+        assert one_round(client, dataset, clock, task).changed == changed, points
+    assert count(dataset, "_snapshots", task) == 2
+    table = analysis.compare(dataset, by=["model"])
+    assert table["final_loss_mean"].tolist() == [0.2] and table["best_loss_mean"].tolist() == [0.2]
+    latest = query(dataset, f"SELECT training_loss FROM checkpoints WHERE task_id = '{task}' ORDER BY step")
+    assert [v for (v,) in latest] == [1.06, 0.64, 0.41, 0.2]  # 128 back to its first value in the third answer
 
 
 # -- failures ------------------------------------------------------------------------------------------------
