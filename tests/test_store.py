@@ -243,8 +243,12 @@ def test_wrong_typed_values_become_null() -> None:
 def test_state_hash_follows_the_normalised_state() -> None:
     base = snapshot_of(DONE)["state_hash"]
     assert snapshot_of(dict(reversed(DONE.items())))["state_hash"] == base  # key order is not a change
-    moved_points = [{**p, "trainingLoss": 0.01} for p in DONE["checkpointList"]]
-    assert snapshot_of({**DONE, "checkpointList": moved_points})["state_hash"] == base  # checkpoints table's job
+    # Checkpoint values are the checkpoints table's to keep; only their summary (final, best) is part of the state.
+    step_128, step_64 = DONE["checkpointList"]
+    inner = [step_128, {**step_64, "trainingLoss": 0.3}]  # final and best stay those of step 128
+    assert snapshot_of({**DONE, "checkpointList": inner})["state_hash"] == base
+    final = [{**step_128, "trainingLoss": 0.18}, step_64]
+    assert snapshot_of({**DONE, "checkpointList": final})["state_hash"] != base
     assert snapshot_of({**DONE, "runStatus": "Running"})["state_hash"] != base
     assert snapshot_of({**DONE, "somethingNew": 2})["state_hash"] != base
     assert snapshot_of({**DONE, "checkpointList": DONE["checkpointList"][:1]})["state_hash"] != base
