@@ -6,6 +6,7 @@ from :func:`ftlog.connect`, so a notebook can open the dataset once and pass the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -360,11 +361,12 @@ def eta(
         f"""
         SELECT s.task_id, s.run_progress, s.observed_at, t.last_polled_at, t.observed_at AS latest_at
         FROM snapshots s JOIN tasks t USING (task_id)
-        WHERE t.run_status = 'Running' AND s.run_status = 'Running' AND s.run_progress IS NOT NULL AND {where}
+        WHERE t.run_status = 'Running' AND s.run_status = 'Running' AND isfinite(s.run_progress) AND {where}
         ORDER BY s.task_id, s.observed_at
         """,
         params,
     )
+    cutoff = _shifted(moment, -window.total_seconds())  # None: a window reaching before year 1 takes everything
     rows = []
     for task_id, group in history.groupby("task_id", sort=True):
         progress = group["run_progress"].to_numpy()
@@ -375,23 +377,42 @@ def eta(
         since = times.iloc[changed[-1] + 1] if len(changed) else times.iloc[0]
         last_seen = group["last_polled_at"].iloc[-1]
         last_seen = max(last_seen, group["latest_at"].iloc[-1]) if pd.notna(last_seen) else group["latest_at"].iloc[-1]
-        recent = group[times >= moment - pd.Timedelta(window)]
+        recent = group[times >= cutoff] if cutoff is not None else group
         start = recent.iloc[0] if len(recent) else group.iloc[-1]
         hours = (last_seen - start["observed_at"]).total_seconds() / 3600
         rate = (current - float(start["run_progress"])) / hours if hours > 0 else None
-        finish = last_seen + pd.Timedelta(hours=(100 - current) / rate) if rate and rate > 0 else None
         rows.append(
             {
                 "task_id": task_id,
                 "run_progress": current,
                 "rate_per_hour": rate,
-                "eta": finish,
+                "eta": finish_time(last_seen, current, rate),
                 "progress_since": since,
-                "stalled": bool(moment - since > pd.Timedelta(stall_after)),
+                # As Python times: a pandas Timedelta cannot hold every stall threshold a caller may pass.
+                "stalled": bool(moment.to_pydatetime() - since.to_pydatetime() > stall_after),
             }
         )
     columns = ["task_id", "run_progress", "rate_per_hour", "eta", "progress_since", "stalled"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def finish_time(last_seen: pd.Timestamp, progress: float, rate: float | None) -> pd.Timestamp | None:
+    """When ``progress`` (percent) reaches 100 at ``rate`` percent per hour from ``last_seen``; None when it never
+    does at that rate (zero, negative, NaN or unknown) or when the moment is beyond what a timestamp can hold
+    (``"1%"`` then ``"1.00000001%"`` a minute later puts it a million years away). Progress past 100 finishes at
+    ``last_seen``."""
+    if rate is None or not rate > 0 or not math.isfinite(progress):  # ``not rate > 0`` is also true for NaN
+        return None
+    return _shifted(last_seen, max(100.0 - progress, 0.0) / rate * 3600)
+
+
+def _shifted(moment: pd.Timestamp, seconds: float) -> pd.Timestamp | None:
+    """``moment`` plus ``seconds``, or None when that is no time: NaN, infinite, or outside years 1 to 9999, which
+    a Python datetime (and so every reader of these frames: JSON, the report, a notebook) can hold."""
+    try:
+        return pd.Timestamp(moment.to_pydatetime() + timedelta(seconds=seconds))
+    except (OverflowError, ValueError):  # out of range; ValueError for NaN
+        return None
 
 
 def health(

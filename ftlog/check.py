@@ -9,12 +9,15 @@ and reports:
 - **duplicates**: rows that repeat a table's natural key (``store.NATURAL_KEYS``): left by an interrupted
   compaction or a copied file. The views absorb them; ``ftlog compact`` merges them away;
 - **state** ahead of the data: the collector state remembers a snapshot or checkpoint that no file holds, so the
-  collector would never write it again.
+  collector would never write it again;
+- **permission**: a file this process may not read. It may hold good rows, so it is never moved: fix its mode;
+- **temporary** files (``*.tmp``) older than an hour: left by a writer that was killed, never data.
 
-``check(data, repair=True)`` moves unreadable files to ``DATA/_quarantine/`` under the same relative path, and a
-state file that is unreadable or ahead of the data likewise (the next round rebuilds it from the data). Nothing
-is ever deleted. Reading is safe while collectors and compaction run: files that vanish mid-check (merged by a
-compaction) are dropped from the analysis and the files that replaced them are read instead.
+``check(data, repair=True)`` moves unreadable files and files of another schema (which every reader skips) to
+``DATA/_quarantine/`` under the same relative path, and a state file that is unreadable or ahead of the data
+likewise (the next round rebuilds it from the data). It deletes stale temporary files and nothing else. Reading is
+safe while collectors and compaction run: files that vanish mid-check (merged by a compaction) are dropped from the
+analysis and the files that replaced them are read instead.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from .schema import ADDED_COLUMNS, TABLES
-from .store import NATURAL_KEYS, Dataset
+from .schema import TABLES
+from .store import NATURAL_KEYS, Dataset, reason, schema_mismatch
 
+KINDS = ("unreadable", "schema", "duplicates", "state", "permission", "temporary")
+QUARANTINED = ("unreadable", "schema", "state")  # what --repair moves: every reader skips it (a state is rebuilt)
 QUARANTINE = "_quarantine"
 STATE_DIR = "_state"
 MAX_PASSES = 20  # listings until one has no file vanish before it is read; each reads only files not read before
@@ -38,7 +43,7 @@ MAX_PASSES = 20  # listings until one has no file vanish before it is read; each
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # 'unreadable', 'schema', 'duplicates' or 'state'
+    kind: str  # one of KINDS
     path: str  # relative to the dataset root: a file, or a partition for duplicates
     detail: str
 
@@ -53,6 +58,7 @@ class CheckReport:
     rows: dict[str, int] = field(default_factory=dict)  # table -> rows in readable files
     problems: list[Problem] = field(default_factory=list)
     moved: list[tuple[str, str]] = field(default_factory=list)  # (from, to), relative to the dataset root
+    removed: list[str] = field(default_factory=list)  # stale temporary files, relative to the dataset root
 
     @property
     def ok(self) -> bool:
@@ -65,13 +71,13 @@ class CheckReport:
         checked = f"checked {self.files} files ({sum(self.rows.values())} rows) in {self.location}"
         if self.ok:
             return f"{checked}: no problems"
-        kinds = ("unreadable", "schema", "duplicates", "state")
-        counts = ", ".join(f"{self.count(kind)} {kind}" for kind in kinds if self.count(kind))
+        counts = ", ".join(f"{self.count(kind)} {kind}" for kind in KINDS if self.count(kind))
         return f"{checked}: {len(self.problems)} problems ({counts})"
 
     def lines(self) -> list[str]:
         moved = [f"moved {source} to {target}" for source, target in self.moved]
-        return [str(problem) for problem in self.problems] + moved + [self.summary()]
+        removed = [f"removed {path}" for path in self.removed]
+        return [str(problem) for problem in self.problems] + moved + removed + [self.summary()]
 
 
 @dataclass
@@ -88,8 +94,8 @@ def check(data: str | Path | Dataset, *, repair: bool = False) -> CheckReport:
     when there is no dataset at all."""
     dataset = data if isinstance(data, Dataset) else Dataset(data)
     if dataset.fs.get_file_info(dataset.root).type == pafs.FileType.NotFound:
-        raise DataError(f"no dataset at {dataset.location}")
-    report = CheckReport(dataset.location)
+        raise DataError(f"no dataset at {dataset.display}")
+    report = CheckReport(dataset.display)  # the location as shown: a URI's keys never reach the output
     # The state before the data: a collector writes data first, so a state read earlier never runs ahead of
     # data read later, however many rounds finish in between.
     states, state_problems = _read_states(dataset)
@@ -101,12 +107,20 @@ def check(data: str | Path | Dataset, *, repair: bool = False) -> CheckReport:
     report.problems += _duplicates(tables)
     report.problems += state_problems
     report.problems += _state_ahead(states, tables)
+    stale = dataset.stale_temporary_files()
+    report.problems += [
+        Problem("temporary", _relative(dataset, path), "left by an interrupted write over an hour ago; never data")
+        for path in stale
+    ]
     if repair:
         for problem in report.problems:
-            if problem.kind in ("unreadable", "state"):  # every state problem names a state file
+            if problem.kind in QUARANTINED:  # every state problem names a state file
                 target = _quarantine(dataset, problem.path)
                 if target is not None:
                     report.moved.append((problem.path, target))
+        for path in stale:
+            dataset.remove_temporary(path)
+            report.removed.append(_relative(dataset, path))
     return report
 
 
@@ -125,7 +139,6 @@ def _scan(dataset: Dataset, name: str) -> _Table:
     listing holds those rows. Files read earlier and gone from the latest listing are dropped (their rows are in a
     listed file), so duplicates are counted in one consistent set of files."""
     table = _Table()
-    schema = TABLES[name]
     key_columns = [column.strip() for column in NATURAL_KEYS.get(name, "").split(",") if column.strip()]
     for _ in range(MAX_PASSES):
         listed = _visible_files(dataset, name)
@@ -142,10 +155,13 @@ def _scan(dataset: Dataset, name: str) -> _Table:
             except FileNotFoundError:
                 vanished = True  # merged away between listing and reading: list again
                 continue
-            except (OSError, pa.ArrowException, ValueError) as exc:
-                table.problems[path] = Problem("unreadable", rel, _first_line(exc, path))
+            except PermissionError as exc:
+                table.problems[path] = _permission(rel, exc)
                 continue
-            mismatch = _schema_mismatch(content.schema, schema, ADDED_COLUMNS.get(name, ()))
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                table.problems[path] = Problem("unreadable", rel, reason(exc, path))
+                continue
+            mismatch = schema_mismatch(content.schema, name)
             if mismatch:
                 table.problems[path] = Problem("schema", rel, mismatch)
                 continue
@@ -158,17 +174,9 @@ def _scan(dataset: Dataset, name: str) -> _Table:
     return table
 
 
-def _schema_mismatch(found: pa.Schema, declared: pa.Schema, optional: tuple[str, ...] = ()) -> str | None:
-    issues = []
-    for wanted in declared:
-        index = found.get_field_index(wanted.name)
-        if index < 0:
-            if wanted.name not in optional:  # a column added later is NULL in older files, as readers take it
-                issues.append(f"{wanted.name} is missing")
-        elif not found.field(index).type.equals(wanted.type):
-            issues.append(f"{wanted.name} is {found.field(index).type}, expected {wanted.type}")
-    issues += [f"{extra} is not declared" for extra in found.names if extra not in declared.names]
-    return "; ".join(issues) or None
+def _permission(rel: str, exc: OSError) -> Problem:
+    # Reported, never moved: the file may hold good rows, and it is its mode that needs fixing.
+    return Problem("permission", rel, f"cannot read it ({reason(exc)}); fix its permissions")
 
 
 def _duplicates(tables: dict[str, _Table]) -> list[Problem]:
@@ -198,20 +206,22 @@ def _duplicates(tables: dict[str, _Table]) -> list[Problem]:
 
 
 def _read_states(dataset: Dataset) -> tuple[dict[str, pa.Table], list[Problem]]:
-    selector = pafs.FileSelector(dataset.path(STATE_DIR), allow_not_found=True)
     states: dict[str, pa.Table] = {}
     problems = []
-    for info in dataset.fs.get_file_info(selector):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+    for info in dataset.listing(dataset.path(STATE_DIR)):
+        in_folder = info.path.rsplit("/", 1)[0] == dataset.path(STATE_DIR)  # the listing is recursive
+        if info.type != pafs.FileType.File or not in_folder or not info.base_name.endswith(".parquet"):
             continue
         rel = _relative(dataset, info.path)
         try:
             states[rel] = _read(dataset, info.path)
         except FileNotFoundError:
             continue
+        except PermissionError as exc:
+            problems.append(_permission(rel, exc))
         except (OSError, pa.ArrowException, ValueError) as exc:
-            reason = _first_line(exc, info.path)
-            problems.append(Problem("state", rel, f"unreadable ({reason}); the next round rebuilds it"))
+            why = reason(exc, info.path)
+            problems.append(Problem("state", rel, f"unreadable ({why}); the next round rebuilds it"))
     return states, problems
 
 
@@ -255,14 +265,16 @@ def _quarantine(dataset: Dataset, rel: str) -> str | None:
     """Move ``rel`` to ``_quarantine/rel`` (``.1``, ``.2``... if taken); None if it vanished meanwhile."""
     target = f"{QUARANTINE}/{rel}"
     suffix = 0
-    while dataset.fs.get_file_info(dataset.path(target)).type != pafs.FileType.NotFound:
-        suffix += 1
-        target = f"{QUARANTINE}/{rel}.{suffix}"
-    dataset.fs.create_dir(dataset.path(target).rsplit("/", 1)[0], recursive=True)
     try:
+        while dataset.fs.get_file_info(dataset.path(target)).type != pafs.FileType.NotFound:
+            suffix += 1
+            target = f"{QUARANTINE}/{rel}.{suffix}"
+        dataset.fs.create_dir(dataset.path(target).rsplit("/", 1)[0], recursive=True)
         dataset.fs.move(dataset.path(rel), dataset.path(target))
     except FileNotFoundError:
         return None
+    except OSError as exc:  # a read-only filesystem, no permission on the folder
+        raise DataError(f"cannot move {dataset.path(rel)} to {dataset.path(target)}: {reason(exc)}") from None
     return target
 
 
@@ -270,10 +282,3 @@ def _read(dataset: Dataset, path: str) -> pa.Table:
     """A whole file in one read: a state file may be replaced meanwhile, and reading by name reopens it."""
     with dataset.fs.open_input_file(path) as source:
         return pq.read_table(pa.BufferReader(source.read()))
-
-
-def _first_line(exc: BaseException, path: str) -> str:
-    """The reason without the file's own path, which the problem line already starts with."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line.split(f"{path}': ", 1)[-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -23,17 +24,48 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .client import DEFAULT_RPS, QianfanClient, base_url_from_env, load_credentials, settings
+from .client import (
+    ATTEMPT_SECONDS,
+    CALL_SECONDS,
+    DEFAULT_RPS,
+    MAX_BYTES,
+    QianfanClient,
+    RetryPolicy,
+    base_url_from_env,
+    load_credentials,
+    settings,
+)
 from .collect import DEFAULT_CONCURRENCY, RoundResult, Selection, collect_round, watch
 from .errors import FtlogError
 from .events import KINDS
 from .notify import FORMATS as NOTIFY_FORMATS
 from .notify import Notifier, targets_from
-from .store import Dataset
+from .redact import CONTROL, RedactingFilter, printable, redact
+from .store import Dataset, require_dataset
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_PARTIAL = 3
 FORMATS = ("table", "csv", "json")
+# Upper bounds of the float options: beyond them a value is a typo, and some would overflow a timer or a time.
+MAX_RPS = 1000.0  # requests per second
+MAX_INTERVAL = 86400.0  # seconds between watch rounds: a day (longer is cron's job)
+MAX_STALL_MINUTES = 525600.0  # a year
+MAX_SPEED = 1e6  # simulated time this many times faster than real time
+MAX_LATENCY = 3600.0  # seconds added to every simulated answer
+
+
+class Finite(click.FloatRange):
+    """A float within bounds, and finite: click.FloatRange lets NaN through every bound (each comparison with NaN
+    is false), so ``--rps nan`` would silently lift the rate cap. Every float option uses this type, so its help
+    shows the bounds."""
+
+    name = "float"  # the metavar in --help, beside the bounds
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number ({self._describe_range()}).", param, ctx)
+        return number
 
 
 def handle_errors(func: F) -> F:
@@ -44,30 +76,60 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FtlogError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(error_line(str(exc))) from None
         except duckdb.Error as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise click.ClickException(f"query failed: {message}") from None
+            raise click.ClickException(error_line(f"query failed: {message}")) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def data_option(func: F) -> F:
-    return click.option(
+def error_line(text: str) -> str:
+    """An error message as shown: no credentials of a URL it quotes, and one line whatever the API answered."""
+    return printable(redact(text))
+
+
+def data_option(func: F, *, create: bool = False) -> F:
+    """``--data``. The command runs only where there is a dataset (with ``create``, for ``collect``: a missing or
+    empty folder too), so a mistyped path exits 1 instead of reading as an empty dataset. Checked once every
+    option is parsed, so usage errors still come first."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            require_dataset(kwargs["data"], create=create)
+        except FtlogError as exc:
+            raise click.ClickException(error_line(str(exc))) from None
+        return func(*args, **kwargs)
+
+    return click.option(  # type: ignore[return-value]
         "--data",
         envvar="FTLOG_DATA",
         default="data",
         show_default=True,
         help="Dataset folder or s3:// URI (env FTLOG_DATA).",
-    )(func)
+    )(wrapper)
+
+
+def new_data_option(func: F) -> F:
+    """``--data`` for ``collect``, whose first round creates the dataset in a missing or empty folder."""
+    return data_option(func, create=True)
 
 
 def echo_frame(frame: pd.DataFrame, fmt: str) -> None:
-    """Write a DataFrame to stdout as an aligned table, CSV, JSON (a list of objects) or markdown."""
+    """Write a DataFrame to stdout as an aligned table, CSV, JSON (a list of objects) or markdown.
+
+    Values and column names come from the API and from SQL, and may hold terminal control sequences. Table, CSV
+    and markdown show each control character as its escape (ESC as the text ``\x1b``; CSV keeps line breaks and
+    tabs, which it quotes); JSON escapes them as ``\u001b``, so it still holds the exact text."""
+    if fmt == "json":
+        text = frame.to_json(orient="records", date_format="iso", date_unit="us", force_ascii=False)
+        # pandas escapes C0 controls itself; DEL, C1 and the bidi marks it writes as they are.
+        click.echo(CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", text))
+        return
+    frame = printable_frame(frame, keep="\n\t" if fmt == "csv" else "")
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
-    elif fmt == "json":
-        click.echo(frame.to_json(orient="records", date_format="iso", date_unit="us", force_ascii=False))
     elif fmt == "markdown":
         click.echo(_markdown(frame))
     elif frame.empty:
@@ -75,6 +137,28 @@ def echo_frame(frame: pd.DataFrame, fmt: str) -> None:
     else:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
             click.echo(frame.to_string(index=False))
+
+
+def printable_frame(frame: pd.DataFrame, keep: str = "") -> pd.DataFrame:
+    """A copy of ``frame`` whose column names and text, also inside lists and structs, are ``printable``."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return printable(value, keep)
+        if isinstance(value, np.ndarray):  # lists from DuckDB (pandas would print their strings raw)
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        if isinstance(value, dict):
+            return {clean(key): clean(item) for key, item in value.items()}
+        return value
+
+    out: pd.DataFrame = frame.copy()
+    out.columns = [printable(str(column)) for column in frame.columns]
+    for i, dtype in enumerate(out.dtypes):
+        if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype) or dtype == "category":
+            out.isetitem(i, out.iloc[:, i].map(clean, na_action="ignore").to_numpy())  # by position: names may repeat
+    return out
 
 
 def parse_group_columns(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -103,10 +187,12 @@ def _markdown(frame: pd.DataFrame) -> str:
 @click.option("-v", "--verbose", is_flag=True, help="Log retries and other details to stderr.")
 def cli(verbose: bool) -> None:
     """Track Baidu Qianfan fine-tuning runs: collect snapshots, query and compare them, write reports."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())  # log lines quote URLs and API messages too
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
 
 
@@ -138,8 +224,12 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return int(index), int(count)
 
 
-def make_client(endpoint: str | None, rps: float) -> QianfanClient:
-    return QianfanClient(load_credentials(), base_url=endpoint or base_url_from_env(), rps=rps)
+def make_client(
+    endpoint: str | None, rps: float, timeout: float = CALL_SECONDS, max_answer_mb: float = MAX_BYTES / 2**20
+) -> QianfanClient:
+    return QianfanClient(load_credentials(), base_url=endpoint or base_url_from_env(), rps=rps,
+                         timeout=min(ATTEMPT_SECONDS, timeout), retry=RetryPolicy(total=timeout),
+                         max_bytes=int(max_answer_mb * 2**20))  # fmt: skip
 
 
 @cli.command()
@@ -147,12 +237,16 @@ def make_client(endpoint: str | None, rps: float) -> QianfanClient:
 @click.option("--job", "job_ids", multiple=True, metavar="JOB_ID", help="Collect every task of this job.")
 @click.option("--all", "all_jobs", is_flag=True, help="Collect every task of every job.")
 @click.option("--watch", "watching", is_flag=True, help="Repeat every --interval seconds.")
-@click.option("--interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
+@click.option("--interval", default=60.0, show_default=True, type=Finite(0.1, MAX_INTERVAL), help="Seconds.")
 @click.option("--until-done", is_flag=True, help="With --watch: stop once every task is Done, Failed or Stopped.")
 @click.option("--endpoint", metavar="URL", help="API base URL (env QIANFAN_CONSOLE_API_BASE_URL).")
-@click.option("--rps", envvar="FTLOG_RPS", type=click.FloatRange(min=0.01), default=DEFAULT_RPS,
+@click.option("--rps", envvar="FTLOG_RPS", type=Finite(0.01, MAX_RPS), default=DEFAULT_RPS,
               show_default=True, help="Requests-per-second cap (env FTLOG_RPS).")  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(min=1, max=64), default=DEFAULT_CONCURRENCY, show_default=True)
+@click.option("--timeout", type=Finite(1, 3600), default=CALL_SECONDS, show_default=True,
+              help="Seconds one API call may take in all, retries included (each try at most 30).")  # fmt: skip
+@click.option("--max-answer-mb", type=Finite(0.01, 4096), default=MAX_BYTES / 2**20, show_default=True,
+              help="Largest API answer read, decompressed; a larger one is an error poll.")  # fmt: skip
 @click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: parse_shard(value),
               help="Collect only the jobs whose stable hash falls in shard I of N (1 <= I <= N).")  # fmt: skip
 @click.option("--notify", "notify_urls", multiple=True, metavar="URL",
@@ -161,10 +255,10 @@ def make_client(endpoint: str | None, rps: float) -> QianfanClient:
               help="Run CMD (no shell) with each event as JSON on stdin (env FTLOG_NOTIFY_COMMAND).")  # fmt: skip
 @click.option("--notify-format", type=click.Choice(NOTIFY_FORMATS),
               help="Webhook body; auto: chat robot format by host, else JSON (env FTLOG_NOTIFY_FORMAT).")  # fmt: skip
-@click.option("--stall-minutes", default=30.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--stall-minutes", default=30.0, show_default=True, type=Finite(0, MAX_STALL_MINUTES),
               help="Report a stall when a Running task's progress has not moved for this long (0: never).")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
-@data_option
+@new_data_option
 @handle_errors
 def collect(
     task_ids: tuple[str, ...],
@@ -176,6 +270,8 @@ def collect(
     endpoint: str | None,
     rps: float,
     concurrency: int,
+    timeout: float,
+    max_answer_mb: float,
     shard: tuple[int, int] | None,
     notify_urls: tuple[str, ...],
     notify_commands: tuple[str, ...],
@@ -193,7 +289,7 @@ def collect(
         raise click.UsageError("--shard splits jobs: use it with --all or --job")
     selection = Selection(task_ids, job_ids, all_jobs, shard)
     dataset = Dataset(data)
-    client = make_client(endpoint, rps)
+    client = make_client(endpoint, rps, timeout, max_answer_mb)
     targets = targets_from(notify_urls, notify_commands, notify_format)
     events: dict[str, Any] = {"stall_after": timedelta(minutes=stall_minutes) if stall_minutes else None,
                               "notifier": Notifier(targets) if targets else None}  # fmt: skip
@@ -220,7 +316,7 @@ def collect(
 
         if watching:
             last = watch(one_round, interval=interval, until_done=until_done, stop=stop, on_round=report,
-                         on_error=lambda e: click.echo(f"Warning: {e}", err=True))  # fmt: skip
+                         on_error=lambda e: click.echo(f"Warning: {error_line(str(e))}", err=True))  # fmt: skip
         else:
             last = one_round()
             report(last)
@@ -234,10 +330,13 @@ def collect(
 @data_option
 @handle_errors
 def query(sql: str, fmt: str, data: str) -> None:
-    """Run SQL against the views (snapshots, tasks, checkpoints, metrics, metric_values, status_changes, polls)."""
-    from .views import connect, retry_vanished
+    """Run a read-only SQL query against the views (snapshots, tasks, checkpoints, curves, metrics, metric_values,
+    status_changes, polls, events, deliveries). It reads the dataset and nothing else: for other SQL use
+    ftlog.connect() in Python."""
+    from .views import connect, require_select, retry_vanished
 
-    with connect(data) as con:
+    require_select(sql)  # before any file is read: nothing but queries, which the confined connection limits
+    with connect(data, confined=True) as con:
 
         def run() -> pd.DataFrame:
             relation = con.sql(sql)
@@ -280,17 +379,17 @@ def compact(data: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--seed", default=0, show_default=True, help="Same seed, same population.")
-@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
+@click.option("--speed", default=1.0, show_default=True, type=Finite(0.001, MAX_SPEED),
               help="Run time this many times faster than real time.")  # fmt: skip
 @click.option("--jobs", default=6, show_default=True, type=click.IntRange(min=0))
 @click.option("--tasks-per-job", type=click.IntRange(min=0), help="Default: 3 to 6 at random.")
-@click.option("--rate-429", default=0.0, type=click.FloatRange(0, 1), help="Share of answers that are 429.")
-@click.option("--rate-500", default=0.0, type=click.FloatRange(0, 1), help="Share of answers that are 500.")
-@click.option("--rate-slow", default=0.0, type=click.FloatRange(0, 1), help="Share of answers delayed.")
-@click.option("--rate-reset", default=0.0, type=click.FloatRange(0, 1), help="Share of connections reset.")
-@click.option("--rate-html", default=0.0, type=click.FloatRange(0, 1), help="Share of answers that are HTML 502s.")
-@click.option("--rate-truncate", default=0.0, type=click.FloatRange(0, 1), help="Share of answers cut off.")
-@click.option("--latency", default=0.0, type=click.FloatRange(min=0), help="Seconds added to every answer.")
+@click.option("--rate-429", default=0.0, type=Finite(0, 1), help="Share of answers that are 429.")
+@click.option("--rate-500", default=0.0, type=Finite(0, 1), help="Share of answers that are 500.")
+@click.option("--rate-slow", default=0.0, type=Finite(0, 1), help="Share of answers delayed.")
+@click.option("--rate-reset", default=0.0, type=Finite(0, 1), help="Share of connections reset.")
+@click.option("--rate-html", default=0.0, type=Finite(0, 1), help="Share of answers that are HTML 502s.")
+@click.option("--rate-truncate", default=0.0, type=Finite(0, 1), help="Share of answers cut off.")
+@click.option("--latency", default=0.0, type=Finite(0, MAX_LATENCY), help="Seconds added to every answer.")
 @click.option("--time-field", type=click.Choice(["Time", "Date"]), default="Time", show_default=True,
               help="Answer createTime/finishTime or createDate/finishDate.")  # fmt: skip
 @handle_errors
@@ -346,7 +445,7 @@ def simulate(
 
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--stall-minutes", default=30.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--stall-minutes", default=30.0, show_default=True, type=Finite(0, MAX_STALL_MINUTES),
               help="Flag Running tasks whose progress has not moved for this long.")  # fmt: skip
 @data_option
 @handle_errors
@@ -375,23 +474,37 @@ def compare(by: str, fmt: str, data: str) -> None:
     echo_frame(compare_groups(data, by=by), fmt)
 
 
+FORCE_HELP = (
+    "Write the report even if DIR holds files ftlog did not write: files of the report's names are replaced, "
+    "none is removed."
+)
+
+
 @cli.command("report")
 @click.option("--out", default="reports", show_default=True, metavar="DIR", help="Folder for index.html and PNGs.")
 @click.option("--job", "job_ids", multiple=True, metavar="JOB_ID", help="Only the tasks of this job (repeatable).")
 @click.option("--task", "task_ids", multiple=True, metavar="TASK_ID", help="Only this task (repeatable).")
 @click.option("--by", default="model,train_mode,parameter_scale", show_default=True, callback=parse_group_columns,
               metavar="COLS", help="Comma-separated group columns for the comparison and the charts.")  # fmt: skip
-@click.option("--ema", type=click.FloatRange(0, 1, min_open=True), metavar="ALPHA",
+@click.option("--ema", type=Finite(0, 1, min_open=True), metavar="ALPHA",
               help="Draw curves smoothed by an exponential moving average (e.g. 0.3) over the raw ones.")  # fmt: skip
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @data_option
 @handle_errors
 def report_command(
-    out: str, job_ids: tuple[str, ...], task_ids: tuple[str, ...], by: list[str], ema: float | None, data: str
+    out: str,
+    job_ids: tuple[str, ...],
+    task_ids: tuple[str, ...],
+    by: list[str],
+    ema: float | None,
+    force: bool,
+    data: str,
 ) -> None:
     """Write a self-contained HTML report (DIR/index.html) and its PNG figures; print the index.html path."""
     from .report import write_report
 
-    click.echo(str(write_report(data, out, jobs=job_ids or None, tasks=task_ids or None, by=by, ema=ema)))
+    index = write_report(data, out, jobs=job_ids or None, tasks=task_ids or None, by=by, ema=ema, force=force)
+    click.echo(str(index))
 
 
 @cli.command("demo")
@@ -399,16 +512,17 @@ def report_command(
 @click.option("--data", default="data/demo", show_default=True, metavar="PATH",
               help="The demo's own dataset folder, emptied first (never FTLOG_DATA).")  # fmt: skip
 @click.option("--seed", default=1, show_default=True, help="Same seed, same population.")
-@click.option("--speed", default=50.0, show_default=True, type=click.FloatRange(min=0.001),
+@click.option("--speed", default=50.0, show_default=True, type=Finite(0.001, MAX_SPEED),
               help="Simulated time runs this many times faster than real time.")  # fmt: skip
-@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.05), help="Seconds.")
+@click.option("--interval", default=2.0, show_default=True, type=Finite(0.05, MAX_INTERVAL), help="Seconds.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @handle_errors
-def demo_command(out: str, data: str, seed: int, speed: float, interval: float) -> None:
+def demo_command(out: str, data: str, seed: int, speed: float, interval: float, force: bool) -> None:
     """Simulate fine-tuning jobs, collect them until they finish, write the report; print the index.html path."""
     from .demo import run_demo
 
     with stop_on_interrupt() as stop:
-        index = run_demo(data=data, out=out, seed=seed, speed=speed, interval=interval, stop=stop,
+        index = run_demo(data=data, out=out, seed=seed, speed=speed, interval=interval, stop=stop, force=force,
                          progress=lambda line: click.echo(line, err=True))  # fmt: skip
     click.echo(str(index))
 
@@ -441,7 +555,11 @@ def events_command(since: Any, kinds: tuple[str, ...], fmt: str, data: str) -> N
 
 
 @cli.command("check")
-@click.option("--repair", is_flag=True, help="Move unreadable files to DATA/_quarantine/ (nothing is deleted).")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Move unreadable and foreign-schema files to DATA/_quarantine/; delete stale temporary files.",
+)
 @data_option
 @handle_errors
 def check_command(repair: bool, data: str) -> None:

@@ -6,6 +6,7 @@ One pooled session, a shared requests-per-second cap, bounded retries with jitte
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -21,10 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-
-from . import auth
-from .errors import ApiError, AuthError, ConfigError, TransportError
+from . import auth, transport
+from .errors import ApiError, AuthError, ConfigError, ListingTruncated, TransportError
+from .redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,13 @@ DEFAULT_BASE_URL = "https://qianfan.baidubce.com"
 API_PATH = "/v2/finetuning"
 DEFAULT_RPS = 10.0
 PAGE_SIZE = 100  # the documented maximum of maxKeys
-MAX_PAGES = 100_000
+MAX_PAGES = 1000  # a listing stops after this many pages (100,000 jobs or tasks) with a warning ...
+LIST_SECONDS = 300.0  # ... or after this long
+STALE_PAGES = 3  # ... or after this many pages in a row that list nothing new (a server looping on markers)
+CALL_SECONDS = 60.0  # the most one call may take, retries and waits included ...
+ATTEMPT_SECONDS = 30.0  # ... and one attempt of it
+MAX_BYTES = 32 * 1024 * 1024  # the largest answer read (decoded); larger ones are error polls
+MAX_DEPTH = 64  # the deepest JSON accepted; API answers nest four or five levels
 _FLAGGED_DOTENV: set[Path] = set()
 
 
@@ -126,7 +132,7 @@ class RetryPolicy:
     attempts: int = 5  # total tries of one call
     backoff: float = 0.5  # first backoff, doubled each retry, full jitter
     max_backoff: float = 20.0
-    total: float = 120.0  # seconds one call may take, retries and waits included
+    total: float = CALL_SECONDS  # seconds one call may take, retries and waits included
 
 
 @dataclass
@@ -150,26 +156,31 @@ class QianfanClient:
         *,
         base_url: str = DEFAULT_BASE_URL,
         rps: float = DEFAULT_RPS,
-        timeout: float = 30.0,
+        timeout: float = ATTEMPT_SECONDS,
         retry: RetryPolicy | None = None,
         pool_size: int = 16,
         sleep: Callable[[float], None] = time.sleep,
+        max_bytes: int = MAX_BYTES,
+        max_pages: int = MAX_PAGES,
+        list_seconds: float = LIST_SECONDS,
     ) -> None:
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"invalid API base URL {base_url!r}: expected http(s)://host[:port]")
+            raise ConfigError(f"invalid API base URL {redact(base_url)!r}: expected http(s)://host[:port]")
         self.credentials = credentials
-        self.base_url = f"{parts.scheme}://{parts.netloc}{parts.path}"
-        self._host = parts.netloc
+        # Without any user:password@ part: ftlog signs with AK/SK, and the URL is shown in messages.
+        host = parts.netloc.rpartition("@")[2]
+        self.base_url = f"{parts.scheme}://{host}{parts.path}"
+        self._host = host
         self._path = parts.path + API_PATH
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.limiter = RateLimiter(rps)
         self._sleep = sleep
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.max_bytes = max_bytes
+        self.max_pages = max_pages
+        self.list_seconds = list_seconds
+        self.session = transport.session(pool_size)
 
     def __repr__(self) -> str:
         return f"QianfanClient(base_url={self.base_url!r}, access_key={self.credentials.access_key!r})"
@@ -209,7 +220,8 @@ class QianfanClient:
         url = f"{self.base_url}{API_PATH}"
         deadline = time.monotonic() + self.retry.total
         for attempt in range(1, self.retry.attempts + 1):
-            error, wait = self._attempt(action, url, payload)
+            # Each attempt gets at most the time the call has left, so a call never outlives its total.
+            error, wait = self._attempt(action, url, payload, max(0.05, min(self.timeout, deadline - time.monotonic())))
             if isinstance(error, Answer):
                 return error
             remaining = deadline - time.monotonic()
@@ -223,39 +235,34 @@ class QianfanClient:
             self._sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _attempt(self, action: str, url: str, payload: bytes) -> tuple[Answer | ApiError, float | None]:
+    def _attempt(
+        self, action: str, url: str, payload: bytes, deadline: float
+    ) -> tuple[Answer | ApiError, float | None]:
         self.limiter.wait()
         try:
-            response = self.session.post(
-                url,
-                params={"Action": action},
-                data=payload,
-                headers=self._sign(action, payload),
-                timeout=(min(10.0, self.timeout), self.timeout),
-            )
-        except requests.Timeout:
-            return TransportError(f"{action}: no answer from {self.base_url} within {self.timeout:g}s"), None
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
-            # The server was reached but its answer broke off (Content-Length not met, connection closed).
-            return TransportError(f"{action}: the answer from {self.base_url} was cut off"), None
-        except requests.RequestException as exc:
-            return TransportError(f"{action}: cannot reach {self.base_url} ({type(exc).__name__})"), None
+            reply = transport.post(self.session, url, params={"Action": action}, data=payload,
+                                   headers=self._sign(action, payload), deadline=deadline,
+                                   max_bytes=self.max_bytes, where=self.base_url)  # fmt: skip
+        except transport.TransferError as exc:
+            message = f"{action}: {exc.message}"
+            if exc.status is None:
+                return TransportError(message, retryable=exc.retryable), None
+            return ApiError(message, status=exc.status, retryable=exc.retryable), None
         try:
-            body: Any = response.json()
-        except ValueError:
-            body = response.text
-        headers = dict(response.headers)
-        if response.status_code == 200 and isinstance(body, dict) and "result" in body:
-            request_id = body.get("requestId") or response.headers.get("x-bce-request-id")
+            body = parse_body(reply.body)
+        except TooDeep as exc:
+            return ApiError(f"{action}: HTTP {reply.status}: {exc}", status=reply.status, retryable=False), None
+        headers = dict(reply.headers)
+        if reply.status == 200 and isinstance(body, dict) and "result" in body and not _console_error(body):
+            request_id = body.get("requestId") or reply.headers.get("x-bce-request-id")
             return Answer(body["result"], str(request_id) if request_id else None, 200), None
-        if response.status_code == 200:
-            # A 200 without the success envelope: an error envelope, or something that is not the API at all.
-            status = 502 if not isinstance(body, dict) else 200
-            error = ApiError.from_response(status, body, headers, action)
-            if isinstance(body, dict) and error.code is None:
+        error = ApiError.from_response(reply.status, body, headers, action)
+        if reply.status == 200 and error.code is None:
+            if isinstance(body, dict):
                 error = ApiError(f"{action}: answer has no 'result' field", status=200, request_id=error.request_id)
-            return error, None
-        return ApiError.from_response(response.status_code, body, headers, action), _retry_after(headers)
+            else:  # a page of a proxy or portal in front of the API: another try may pass; recorded with its 200
+                error = ApiError(error.message, status=200, request_id=error.request_id, retryable=True)
+        return error, _retry_after(headers)
 
     # -- actions ----------------------------------------------------------------------------------------------
     def describe_task(self, task_id: str) -> Answer:
@@ -277,10 +284,15 @@ class QianfanClient:
         yield from self._paginate("DescribeFineTuningTasks", {"jobId": job_id}, "taskList", "taskId")
 
     def _paginate(self, action: str, body: dict[str, Any], list_key: str, id_key: str) -> Iterator[dict[str, Any]]:
+        """Yield each listed item once. A listing that does not end within ``max_pages`` pages or ``list_seconds``
+        seconds, or whose pages stop bringing new items, raises :class:`ListingTruncated` after yielding what
+        it found, so those items are still collected."""
         seen_markers: set[str] = set()
         seen_ids: set[str] = set()
         marker: str | None = None
-        for _ in range(MAX_PAGES):
+        began = time.monotonic()
+        stale = 0
+        for page_number in itertools.count(1):
             request = {**body, "maxKeys": PAGE_SIZE}
             if marker:
                 request["marker"] = marker
@@ -290,11 +302,13 @@ class QianfanClient:
             items = result.get(list_key) or []
             if not isinstance(items, list):
                 raise ApiError(f"{action}: '{list_key}' is {type(items).__name__}, not a list")
+            before = len(seen_ids)
             for item in items:
                 item_id = item.get(id_key) if isinstance(item, dict) else None
                 if isinstance(item_id, str) and item_id not in seen_ids:
                     seen_ids.add(item_id)
                     yield item
+            stale = stale + 1 if len(seen_ids) == before else 0
             page = result.get("pageInfo")
             page = page if isinstance(page, dict) else {}
             next_marker = page.get("nextMarker")
@@ -305,10 +319,63 @@ class QianfanClient:
             if not more or not isinstance(next_marker, str) or not next_marker:
                 return
             if next_marker in seen_markers:
-                log.warning("%s: the server repeated marker %r; stopping pagination there", action, next_marker)
+                log.warning("%s: the server repeated marker %r; stopping pagination there", action, next_marker[:80])
                 return
+            why = None
+            if stale >= STALE_PAGES:
+                why = f"{stale} pages in a row listed nothing new"
+            elif page_number >= self.max_pages:
+                why = f"the page budget of {self.max_pages} pages is spent"
+            elif time.monotonic() - began >= self.list_seconds:
+                why = f"the time budget of {self.list_seconds:g}s is spent"
+            if why:
+                raise ListingTruncated(
+                    f"{action}: stopped after {page_number} pages ({why}) though the server offers more; "
+                    f"collecting the {len(seen_ids)} listed so far"
+                )
             seen_markers.add(next_marker)
             marker = next_marker
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than any API answer: later steps (normalising, storing ``raw``) walk values
+    recursively, so such an answer is refused here, in one place."""
+
+
+def parse_body(raw: bytes) -> Any:
+    """The answer as JSON, or as text when it is not JSON (an HTML page). Raises :class:`TooDeep`."""
+    try:
+        parsed = json.loads(raw)
+    except RecursionError:  # past the interpreter's own limit
+        raise TooDeep(f"the answer's JSON nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+    if _deeper_than(parsed, MAX_DEPTH):
+        raise TooDeep(f"the answer's JSON nests deeper than {MAX_DEPTH} levels")
+    return parsed
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` containers, found without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _console_error(body: dict[str, Any]) -> bool:
+    """The console's other error form, ``{"error_code": 18, "error_msg": ..., "log_id": ...}``, sent with a 200."""
+    return body.get("error_code") not in (None, 0, "0", "")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .client import QianfanClient
-from .errors import ApiError, AuthError, FtlogError, TransportError
+from .errors import ApiError, AuthError, FtlogError, ListingTruncated, TransportError
 from .events import DEFAULT_STALL, derive
 from .notify import DeliveryReport, Notifier
 from .schema import CHECKPOINTS, EVENTS, POLLS, SNAPSHOTS, TERMINAL_STATUSES, normalise, utf8
@@ -107,25 +107,38 @@ def discover(
     errors of single jobs are recorded in ``result.discovery_errors``; credential and connection errors propagate."""
     task_ids = dict.fromkeys(selection.task_ids)
     job_ids = list(selection.job_ids)
-    if selection.all_jobs:
-        job_ids += [job["jobId"] for job in client.iter_jobs()]
 
-    def list_tasks(job_id: str) -> list[str] | ApiError:
+    def listed(items: Iterator[dict[str, Any]], key: str) -> tuple[list[str], ApiError | None]:
+        """The ids a listing yields; a listing cut at its budget keeps what it yielded, with the reason."""
+        found: list[str] = []
         try:
-            return [task["taskId"] for task in client.iter_tasks(job_id)]
+            found.extend(item[key] for item in items)
+        except ListingTruncated as exc:
+            return found, exc
+        return found, None
+
+    if selection.all_jobs:
+        jobs, truncated = listed(client.iter_jobs(), "jobId")
+        job_ids += jobs
+        if truncated:
+            log.warning("%s", truncated.message)
+            result.discovery_errors.append(truncated)
+
+    def list_tasks(job_id: str) -> tuple[list[str], ApiError | None]:
+        try:
+            return listed(client.iter_tasks(job_id), "taskId")
         except (AuthError, TransportError):
             raise
         except ApiError as exc:
-            return exc
+            return [], exc
 
     unique = [job_id for job_id in dict.fromkeys(job_ids) if selection.takes_job(job_id)]
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ftlog-list") as pool:
-        for job_id, listed in zip(unique, pool.map(list_tasks, unique), strict=True):
-            if isinstance(listed, ApiError):
-                log.warning("cannot list the tasks of %s: %s", job_id, listed.message)
-                result.discovery_errors.append(listed)
-            else:
-                task_ids.update(dict.fromkeys(listed))
+        for job_id, (tasks, error) in zip(unique, pool.map(list_tasks, unique), strict=True):
+            task_ids.update(dict.fromkeys(tasks))
+            if error is not None:
+                log.warning("cannot list every task of %s: %s", job_id, error.message)
+                result.discovery_errors.append(error)
     return list(task_ids)
 
 
@@ -169,10 +182,11 @@ def collect_round(
             polls.add(poll)
             continue
         answer = outcome
+        previous = state.get(task_id)  # checkpoints as a dict for this task only, dropped after it
+        polled_at = poll["polled_at"] = _not_before(polled_at, previous)
         row = normalise(task_id, answer.result, polled_at, answer.request_id)
         snapshot = row.snapshot
         snapshot["task_id"] = task_id
-        previous = state.get(task_id)  # checkpoints as a dict for this task only, dropped after it
         known = dict(previous.checkpoints) if previous else {}
         new_points = _new_checkpoints(row.checkpoints, known)
         for point in new_points:
@@ -215,6 +229,15 @@ def collect_round(
     result.seconds = time.monotonic() - started
     _raise_if_nothing_worked(result)
     return result
+
+
+def _not_before(answered_at: datetime, previous: TaskState | None) -> datetime:
+    """The time to stamp an answer with: when it arrived, but never at or before the last observation of the task
+    the collector knows. With the clock set back between rounds, an earlier stamp would order this newer answer
+    before the older one in every view (the latest state is the one observed last), and the state merge (newest
+    observation wins) would drop it, so its checkpoints would be written again every round."""
+    last = previous.observed_at if previous is not None else None
+    return answered_at if last is None else max(answered_at, last + timedelta(microseconds=1))
 
 
 def _new_checkpoints(

@@ -18,7 +18,7 @@ from pathlib import Path
 from .client import Credentials, QianfanClient
 from .collect import RoundResult, Selection, collect_round, watch
 from .errors import FtlogError
-from .report import write_report
+from .report import check_out_dir, write_report
 from .simulator import Simulator
 from .store import Dataset
 
@@ -71,9 +71,12 @@ def run_demo(
     interval: float = DEFAULT_INTERVAL,
     stop: threading.Event | None = None,
     progress: Callable[[str], None] = lambda line: None,
+    force: bool = False,
 ) -> Path:
     """Simulate, collect every ``interval`` seconds until every task is Done, Failed or Stopped (or ``stop`` is
-    set), write the report into ``out`` and return the path of its ``index.html``."""
+    set), write the report into ``out`` and return the path of its ``index.html``. ``force`` is
+    :func:`~ftlog.report.write_report`'s: write into an ``out`` that holds files ftlog did not write."""
+    check_out_dir(out, force=force)  # before the minute of collecting, not after it
     dataset = Dataset(prepare_data_dir(data))
     stop = stop or threading.Event()
     rounds = 0
@@ -96,4 +99,4 @@ def run_demo(
                 on_round=on_round,
                 on_error=lambda exc: progress(f"round failed: {exc}"),
             )
-    return write_report(dataset, out)
+    return write_report(dataset, out, force=force)

@@ -33,7 +33,9 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import requests
 
+from . import transport
 from .errors import ConfigError, DataError
+from .redact import redact
 from .schema import TABLES
 from .store import Dataset
 
@@ -48,6 +50,7 @@ CHAT_HOSTS = {
     "open.larksuite.com": "feishu",
 }
 REFUSED = frozenset({400, 413, 422})  # this payload was refused: try the target's next event
+MAX_REPLY = 64 * 1024  # a receiver's reply is read up to this size (a chat robot's verdict is a few bytes)
 TRANSIENT = frozenset({408, 425, 429})  # with 5xx and network errors: retry after a pause
 SECRET_VARIABLES = ("QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY")
 
@@ -95,23 +98,24 @@ class Webhook:
         body = json.dumps(payload(event, self.format), ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json; charset=utf-8"}
         try:
-            response = session.post(self.url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            # The exception text repeats the URL, token included: keep its class only.
-            return Outcome(False, error=type(exc).__name__, retry=True)
-        status = response.status_code
+            # The whole exchange within ``timeout``: a receiver that drips its reply is cut off like a silent one.
+            reply = transport.post(session, self.url, data=body, headers=headers, deadline=timeout,
+                                   max_bytes=MAX_REPLY, allow_redirects=False, where="the receiver")  # fmt: skip
+        except transport.TransferError as exc:  # its message never repeats the URL, which may hold a token
+            return Outcome(False, exc.status, exc.message, retry=exc.retryable)
+        status = reply.status
         if not 200 <= status < 300:
             retry = status >= 500 or status in TRANSIENT
             return Outcome(False, status, f"HTTP {status}", retry=retry, next_event=status in REFUSED)
-        refused = _chat_error(response) if self.format != "json" else None
+        refused = _chat_error(reply.body) if self.format != "json" else None
         return Outcome(refused is None, status, refused)
 
 
-def _chat_error(response: requests.Response) -> str | None:
+def _chat_error(body: bytes) -> str | None:
     """Chat robots answer HTTP 200 with a non-zero errcode (WeCom, DingTalk) or code (Feishu) when they refuse."""
     try:
-        answer = response.json()
-    except ValueError:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(answer, dict):
         return None
@@ -148,6 +152,7 @@ class Command:
             return Outcome(False, error=f"cannot run {self.argv[0]}: {exc.strerror}")
         if done.returncode != 0:
             last = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1][:200]
+            last = redact(last)  # a program may print the URL or token it was given
             return Outcome(False, error=f"exit status {done.returncode}" + (f": {last}" if last else ""), retry=True)
         return Outcome(True)
 
@@ -254,7 +259,7 @@ class Notifier:
         queues = {t.key: deque(pending[t.key][: self.max_per_round]) for t in self.targets}
         failures: list[dict[str, Any]] = []
         active = [t for t in self.targets if queues[t.key]]
-        with requests.Session() as session:
+        with transport.session() as session:
             while active and self._left(started) > 0:
                 for target in list(active):
                     if self._left(started) <= 0:
@@ -331,12 +336,12 @@ def delivered(dataset: Dataset, since: datetime) -> set[tuple[str, str]]:
 def _read_since(dataset: Dataset, name: str, since: datetime) -> list[dict[str, Any]]:
     """Rows of the date partitions from ``since`` on, through the dataset's filesystem (local or object store).
     A file that compaction removed between listing and reading means: list again (its rows are in the merged
-    file, written before the sources were deleted)."""
+    file, written before the sources were deleted). A damaged file is skipped with a warning, as every reader does."""
     day = since.astimezone(timezone.utc).date().isoformat()
     for _ in range(5):
         paths = sorted(info.path for d, infos in dataset.partitions(name).items() if d >= day for info in infos)
         try:
-            tables = [dataset.read_table(path, name) for path in paths]
+            tables = [table for path in paths if (table := dataset.read_usable(path, name)) is not None]
         except FileNotFoundError:
             continue
         rows: list[dict[str, Any]] = pa.concat_tables([TABLES[name].empty_table(), *tables]).to_pylist()

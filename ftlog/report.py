@@ -10,7 +10,9 @@ PosixPath('reports/index.html')
 from __future__ import annotations
 
 import base64
+import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +39,11 @@ COLUMN_TITLES = {
 }
 MISSING = "—"
 FIGURE_FILES = ("curves_step.png", "curves_fraction.png", "metrics.png", "timeline.png")
+REPORT_FILES = ("index.html", *FIGURE_FILES)
+MANIFEST = ".ftlog-report.json"  # the files ftlog wrote into a report folder: the only ones it replaces or removes
+_OWN_NAMES = "|".join(map(re.escape, (*REPORT_FILES, MANIFEST)))
+_TEMPORARY = re.compile(rf"\.(?:{_OWN_NAMES})\.[0-9a-f]{{8}}\.tmp")  # plots.write_atomic's temporary names
+MAX_DURATION = (datetime.max - datetime.min).total_seconds()  # years 1 to 9999, as analysis.finish_time bounds ETAs
 
 
 @dataclass
@@ -98,9 +105,12 @@ def when(value: Any) -> str:
 
 
 def duration(seconds: Any) -> str:
-    """``45 s``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``."""
-    if _missing(seconds):
+    """``45 s``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``; negative as ``-12 min`` (a clock set back); a dash for a
+    missing, non-finite or absurd value (beyond what a timestamp difference can hold)."""
+    if _missing(seconds) or not math.isfinite(float(seconds)) or abs(float(seconds)) > MAX_DURATION:
         return MISSING
+    if float(seconds) < 0:
+        return f"-{duration(-float(seconds))}"
     total = round(float(seconds))
     if total < 60:
         return f"{total} s"
@@ -234,10 +244,13 @@ def running_table(latest: pd.DataFrame, estimates: pd.DataFrame, now: datetime) 
     )  # fmt: skip
     joined = estimates.merge(latest[["task_id", "job_name", *DEFAULT_BY]], on="task_id", how="left")
     for row in joined.sort_values(["job_name", "task_id"]).itertuples(index=False):
-        if _missing(row.eta):
+        if _missing(row.eta) and not _missing(row.rate_per_hour) and row.rate_per_hour > 0:
+            eta = "unknown (too slow to tell)"  # a finish beyond any time a timestamp holds
+        elif _missing(row.eta):
             eta = "unknown (no progress yet)"
         else:
-            remaining = (pd.Timestamp(row.eta) - pd.Timestamp(now)).total_seconds()
+            # As POSIX seconds: a difference of Timestamps can overflow where one of floats cannot.
+            remaining = pd.Timestamp(row.eta).timestamp() - pd.Timestamp(now).timestamp()
             eta = f"{when(row.eta)} (in {duration(remaining)})" if remaining > 0 else f"{when(row.eta)} (passed)"
         rate = row.rate_per_hour
         table.rows.append(
@@ -308,12 +321,17 @@ def write_report(
     by: Sequence[str] = DEFAULT_BY,
     ema: float | None = None,
     now: datetime | None = None,
+    force: bool = False,
 ) -> Path:
     """Write the figures and ``index.html`` into ``out_dir`` and return the path of ``index.html``.
 
     ``jobs`` / ``tasks`` limit the report to some jobs or tasks; ``by`` groups the comparison, the curves and the
     BLEU/ROUGE chart; ``ema`` (in (0, 1]) draws smoothed curves over the raw ones; ``now`` fixes the moment used
     for ETAs and open status stretches (default: the current time).
+
+    ``out_dir`` is refused when it holds files an ftlog report did not write (they are not in its manifest,
+    ``MANIFEST``); with ``force`` the report is written beside them, replacing a file only where it has the name of
+    one of the report's files. Files ftlog did not write are never removed.
     """
     by = list(by)
     moment = now or datetime.now(timezone.utc)
@@ -329,7 +347,10 @@ def write_report(
         "notes": [],
     }
     try:
+        claimed = _claim(out, force=force)
         out.mkdir(parents=True, exist_ok=True)
+        # Claimed before anything is written: a report killed halfway leaves a folder the next one knows as its own.
+        _write_manifest(out, claimed)
         # One connection for every helper: the report reads one consistent view of the dataset.
         with analysis._connection(source) as con:
             latest = analysis.tasks(con, tasks=tasks, jobs=jobs)
@@ -338,12 +359,56 @@ def write_report(
         context["empty"] = latest.empty
         html = _environment().get_template("report.html").render(**context)
         index = plots.write_atomic(out / "index.html", html.encode("utf-8"))
-        # A figure of an earlier report that this one has no data for would otherwise look current.
-        for name in set(FIGURE_FILES) - {figure.file for figure in context["figures"]}:
+        written = {index.name, *(figure.file for figure in context["figures"])}
+        _write_manifest(out, written)
+        # A figure of an earlier report that this one has no data for would otherwise look current. Only names
+        # claimed as ftlog's are removed: a file of the same name that ftlog did not write stays.
+        for name in claimed - written:
             (out / name).unlink(missing_ok=True)
         return index
     except OSError as exc:
         raise FtlogError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+
+
+def _claim(out: Path, *, force: bool) -> set[str]:
+    """The names in ``out`` this report may write and remove: those its manifest lists, and the report's file names
+    that nothing else holds. Raises FtlogError if ``out`` holds anything not in the manifest (anything at all
+    without one), unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise FtlogError(f"{out} is a file, not a folder; choose another --out")
+    try:
+        listed = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
+        if not isinstance(listed, list):
+            raise TypeError(listed)
+        # Only the report's own names: a manifest edited by hand must never make ftlog remove other files.
+        ours = {name for name in listed if name in REPORT_FILES}
+        present = {entry.name for entry in out.iterdir()} - {MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError):
+        # No manifest, or a file of its name that ftlog did not write: nothing in the folder is known to be ftlog's.
+        ours = set()
+        present = {entry.name for entry in out.iterdir()} if out.is_dir() else set()
+    # write_atomic's temporary files (a killed or concurrent report's) are ftlog's, and left alone.
+    foreign = sorted(name for name in present - ours if not _TEMPORARY.fullmatch(name))
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FtlogError(
+            f"{out} holds files ftlog did not write ({shown}); choose another --out, or use --force to write the "
+            "report beside them (replacing files of the report's names, removing none)"
+        )
+    return ours | (set(REPORT_FILES) - set(foreign))
+
+
+def check_out_dir(out_dir: str | Path, *, force: bool = False) -> None:
+    """Raise FtlogError where :func:`write_report` would refuse ``out_dir``, before any work is done."""
+    try:
+        _claim(Path(out_dir), force=force)
+    except OSError as exc:
+        raise FtlogError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
+
+
+def _write_manifest(out: Path, files: set[str]) -> None:
+    manifest = {"written_by": f"ftlog {__version__}", "files": sorted(files)}
+    plots.write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
 
 
 def _fill(

@@ -273,11 +273,13 @@ def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, reque
     for key, column in METRIC_COLUMNS.items():
         row[column] = next((p["value"] for p in pairs if p["metric"] == key), None)
     row["metrics"] = pairs or None
-    row["checkpoint_count"] = len(checkpoints)
+    # Distinct steps: an answer may repeat a step, which the checkpoints table and view hold once.
+    row["checkpoint_count"] = len({point["step"] for point in checkpoints})
     summary = curve_summary(checkpoints)
     row.update(summary)
     # The checkpoint values live in their own table, but their summary is part of the state: a value revised in
     # place that moves the final or best value makes a new snapshot, so the latest snapshot's summary is current.
+    # The list length (not checkpoint_count) as ever: another input would make every stored task look changed once.
     row["state_hash"] = hashlib.sha1(  # noqa: S324 - a fingerprint for change detection, not security
         f"{raw}|{len(checkpoints)}|{sorted(summary.items())!r}".encode()
     ).hexdigest()

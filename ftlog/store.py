@@ -5,9 +5,10 @@ Layout (see DESIGN.md)::
     DATA/<table>/date=YYYY-MM-DD/<UTC time>-<random>.parquet   one immutable file per table per write
     DATA/_state/tasks.parquet                                  last known state per task (a cache)
 
-Every write goes to a ``.tmp`` name first and is renamed into place (on object stores a single PUT), so readers
-never see a partial file. Readers tolerate duplicates: the views de-duplicate on natural keys, which is what makes
-overlapping collectors and compaction safe without locks.
+Every write goes to a hidden ``.<name>.<random>.tmp`` name first and is renamed into place (on object stores a
+single PUT), so readers never see a partial file. Readers tolerate duplicates: the views de-duplicate on natural
+keys, which is what makes overlapping collectors and compaction safe without locks. Readers skip a damaged file
+(unreadable, or not of the declared schema) with a warning, until ``ftlog check --repair`` quarantines it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import DataError
+from .redact import redact
 from .schema import ADDED_COLUMNS, TABLES, TIME_COLUMNS, TS
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ POINT = ("step", "perplexity", "training_loss")  # the fields of a STATE checkpo
 _STATE_DICTIONARY = ["task_id", "state_hash", "run_status"]
 OPEN_PARTITION_MAX_FILES = 48  # compact today's partition too once it holds this many files
 STALE_TMP = timedelta(hours=1)
+DATA_FILES = "[!._]*.parquet"  # a partition's data files: like Hive and pyarrow, skip names starting "_" or "."
+MAX_LISTINGS = 5  # listings of a table until none of its files vanishes before it is read
 
 
 @dataclass
@@ -79,6 +84,46 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         for f in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def schema_mismatch(found: pa.Schema, name: str) -> str | None:
+    """How a file's columns differ from table ``name``'s declared schema (``None``: they do not). A file that
+    differs is one no reader uses and ``ftlog check --repair`` quarantines: a column of another type, a column not
+    declared, or a declared column missing, unless it was declared later (``ADDED_COLUMNS``: older files lack it,
+    and readers take it as NULL)."""
+    declared = TABLES[name]
+    issues = []
+    for wanted in declared:
+        index = found.get_field_index(wanted.name)
+        if index < 0:
+            if wanted.name not in ADDED_COLUMNS.get(name, ()):
+                issues.append(f"{wanted.name} is missing")
+        elif not found.field(index).type.equals(wanted.type):
+            issues.append(f"{wanted.name} is {found.field(index).type}, expected {wanted.type}")
+    issues += [f"{extra} is not declared" for extra in found.names if extra not in declared.names]
+    return "; ".join(issues) or None
+
+
+def reason(exc: BaseException, path: str = "") -> str:
+    """Why an operation failed, in a few words: the system's (``No space left on device``) when there is an errno,
+    else the error's first line, without the ``'<path>': `` that pyarrow puts before it."""
+    errno = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and errno:
+        return os.strerror(errno)
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line.split(f"{path}': ", 1)[-1] if path else line
+
+
+_WARNED: set[str] = set()
+
+
+def warn_skipped(path: str, why: str) -> None:
+    """Say once per process that a damaged data file is left out: every reader skips it (a command may read it
+    several times, a watch every round) until ``ftlog check --repair`` moves it away."""
+    if path not in _WARNED:
+        _WARNED.add(path)
+        log.warning("skipping %s (%s); `ftlog check --repair` moves it to _quarantine/", path, why)
 
 
 class State(Mapping[str, TaskState]):
@@ -191,7 +236,7 @@ class Dataset:
 
     @property
     def display(self) -> str:
-        """The location as shown in output and reports: without a query string that may carry keys."""
+        """The location as shown in output and reports: without the keys a URI may carry."""
         return _redact(self.location)
 
     def path(self, *parts: str) -> str:
@@ -199,20 +244,28 @@ class Dataset:
 
     # -- writing ----------------------------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Make ``path`` appear whole or not at all."""
-        if not self.is_local:
-            with self.fs.open_output_stream(path) as out:  # one PUT of a finished object
-                out.write(data)
-            return
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        """Make ``path`` appear whole or not at all. A write that fails (disk full, read-only filesystem, no
+        permission) is a DataError naming the path and the reason, so a watch reports it and tries again next round,
+        and it leaves nothing behind under a visible name."""
         try:
-            with self.fs.open_output_stream(tmp) as out:
-                out.write(data)
-            self.fs.move(tmp, path)
-        except BaseException:
-            self._delete_quietly(tmp)
-            raise
+            if not self.is_local:
+                with self.fs.open_output_stream(path) as out:  # one PUT of a finished object
+                    out.write(data)
+                return
+            folder, name = path.rsplit("/", 1)
+            self.fs.create_dir(folder, recursive=True)
+            # Hidden by its leading ".", so that no engine lists it as data (DuckDB's glob, pyarrow, pandas, Spark
+            # and Hive all skip such names; a "x.parquet.<hex>.tmp" would be read, and fail, by most of them).
+            tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                self.fs.move(tmp, path)
+            except BaseException:
+                self._delete_quietly(tmp)
+                raise
+        except OSError as exc:
+            raise DataError(f"cannot write {path}: {reason(exc, path)}") from None
 
     def write_table(self, name: str, table: pa.Table, partition: date, now: datetime) -> str:
         buffer = io.BytesIO()
@@ -240,9 +293,8 @@ class Dataset:
     # -- reading ----------------------------------------------------------------------------------------------
     def partitions(self, name: str) -> dict[str, list[pafs.FileInfo]]:
         """``{"YYYY-MM-DD": [data files]}`` for one table; temporary and hidden files are never listed."""
-        selector = pafs.FileSelector(self.path(name), allow_not_found=True, recursive=True)
         found: dict[str, list[pafs.FileInfo]] = {}
-        for info in self.fs.get_file_info(selector):
+        for info in self.listing(self.path(name)):
             rel = info.path[len(self.path(name)) + 1 :].split("/")
             if info.type != pafs.FileType.File or len(rel) != 2 or not rel[1].endswith(".parquet"):
                 continue
@@ -251,25 +303,99 @@ class Dataset:
             found.setdefault(rel[0][5:], []).append(info)
         return found
 
+    def listing(self, folder: str) -> list[pafs.FileInfo]:
+        """Everything under ``folder`` (nothing if it does not exist). A folder that cannot be listed (no
+        permission) is a DataError naming it: a reader that went on without it would answer with rows missing."""
+        try:
+            return list(self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=True)))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise DataError(f"cannot list {self._unlistable(folder) or folder}: {reason(exc)}") from None
+
+    def _unlistable(self, folder: str) -> str | None:
+        """The first folder at or under ``folder`` that cannot be listed, for the error message."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except OSError:
+            return folder
+        subfolders = (info.path for info in infos if info.type == pafs.FileType.Directory)
+        return next((found for sub in subfolders if (found := self._unlistable(sub))), None)
+
     def files(self, name: str) -> list[str]:
         return sorted(info.path for infos in self.partitions(name).values() for info in infos)
 
     def read_table(self, path: str, name: str) -> pa.Table:
         return conform(pq.read_table(path, filesystem=self.fs), TABLES[name])
 
-    def duckdb_source(self, name: str, *, filename: bool = False) -> str:
-        """A DuckDB table expression over every data file of ``name`` (hive partitions, schema by name).
+    # The views, compaction and notifications decide with the two methods below whether a data file can serve as
+    # its table; `ftlog check` judges by the same schema_mismatch, so what it quarantines is what readers skip.
+    def usable(self, path: str, name: str) -> bool:
+        """Whether readers can use the data file ``path`` of table ``name``: its footer reads and its columns are
+        the declared ones. If not, it is skipped, with one warning. A file that vanished (merged by a compaction)
+        raises FileNotFoundError: list again. One this process may not read is a DataError: it may well hold good
+        rows, so it is never skipped as damaged."""
+        try:
+            found = pq.read_schema(path, filesystem=self.fs)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            return self._unusable(path, exc)
+        mismatch = schema_mismatch(found, name)
+        if mismatch:
+            warn_skipped(path, mismatch)
+        return mismatch is None
+
+    def read_usable(self, path: str, name: str) -> pa.Table | None:
+        """The rows of ``path`` as declared, or None (with one warning) when the file cannot be used: see
+        :meth:`usable`, which this extends to the pages."""
+        try:
+            with self.fs.open_input_file(path) as source:
+                table = pq.read_table(source)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            self._unusable(path, exc)
+            return None
+        mismatch = schema_mismatch(table.schema, name)
+        if mismatch:
+            warn_skipped(path, mismatch)
+            return None
+        return conform(table, TABLES[name])
+
+    def _unusable(self, path: str, exc: BaseException) -> bool:
+        if isinstance(exc, FileNotFoundError):
+            raise exc
+        if isinstance(exc, PermissionError):
+            raise DataError(f"cannot read {path}: {reason(exc)}") from None
+        warn_skipped(path, reason(exc, path))
+        return False
+
+    def usable_sources(self, name: str) -> list[str]:
+        """What a reader of ``name`` reads when some file cannot be used (see :meth:`usable`): a glob per partition
+        whose files all can, and the usable files by name of the other partitions (compaction leaves those alone,
+        so the names stay valid). Listed again if a file vanishes meanwhile."""
+        for _ in range(MAX_LISTINGS):
+            sources: list[str] = []
+            try:
+                for day, infos in sorted(self.partitions(name).items()):
+                    good = [info.path for info in infos if self.usable(info.path, name)]
+                    sources += [self.path(name, f"date={day}", DATA_FILES)] if len(good) == len(infos) else good
+            except FileNotFoundError:
+                continue
+            return sources
+        raise DataError(f"{self.path(name)} kept changing while being read; try again")
+
+    def duckdb_source(self, name: str, *, filename: bool = False, sources: list[str] | None = None) -> str:
+        """A DuckDB table expression over every data file of ``name`` (hive partitions, schema by name), or over
+        ``sources`` (paths or globs) when given.
 
         Local folders are read by DuckDB directly; object stores through :meth:`register_with`, which hands
         DuckDB this dataset's own pyarrow filesystem. Either way the SQL is the same.
         """
-        # Like Hive and pyarrow, skip files whose names start with "_" or ".".
-        pattern = self.path(name, "date=*", "[!._]*.parquet")
-        if not self.is_local:
-            pattern = f"{self.scheme}://{pattern}"
-        pattern = pattern.replace("'", "''")
+        quoted = [
+            "'{}'".format((pattern if self.is_local else f"{self.scheme}://{pattern}").replace("'", "''"))
+            for pattern in (sources if sources is not None else [self.path(name, "date=*", DATA_FILES)])
+        ]
+        files = quoted[0] if sources is None else f"[{', '.join(quoted)}]"
         options = ", filename = true" if filename else ""
-        return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true{options})"
+        return f"read_parquet({files}, hive_partitioning = true, union_by_name = true{options})"
 
     def register_with(self, con: duckdb.DuckDBPyConnection) -> None:
         """Let DuckDB read an object-store dataset through the same filesystem ftlog writes with (no DuckDB
@@ -317,8 +443,13 @@ class Dataset:
     def _read_state(self) -> pa.Table:
         # In one read: other collectors replace this file while it is read, and reopening it by name halfway
         # (as reading by path does) would mix the old file's footer with the new file's pages.
-        with self.fs.open_input_file(self.state_path()) as source:
-            return conform(pq.read_table(pa.BufferReader(source.read())), STATE)
+        try:
+            with self.fs.open_input_file(self.state_path()) as source:
+                content = source.read()
+        except PermissionError as exc:
+            # Not damage: rebuilding over a file this process may not read would hide what needs fixing.
+            raise DataError(f"cannot read {self.state_path()}: {reason(exc)}") from None
+        return conform(pq.read_table(pa.BufferReader(content)), STATE)
 
     def _rebuild_state(self) -> State:
         # Saved right away: otherwise a round that changes nothing would leave the file missing, and every later
@@ -379,14 +510,17 @@ class Dataset:
         return any(column not in names for column in ADDED_COLUMNS.get(name, ()))
 
     def _merge(self, name: str, day: str, paths: list[str], now: datetime) -> int:
-        try:
-            tables = [self.read_table(path, name) for path in paths]
-        except FileNotFoundError:
-            return 0  # another compaction got there first; its merged file holds these rows
-        except (OSError, pa.ArrowException) as exc:
-            # Compaction runs after every round: one bad file must not fail every round from now on.
-            log.warning("not compacting %s/date=%s: %s (run `ftlog check`)", name, day, exc)
-            return 0
+        tables = []
+        for path in paths:
+            try:
+                table = self.read_usable(path, name)
+            except FileNotFoundError:
+                return 0  # another compaction got there first; its merged file holds these rows
+            if table is None:
+                # Never merged into good rows, and the partition is left as it is (with a warning): its other
+                # files keep their names, which a reader skipping the damaged file lists one by one.
+                return 0
+            tables.append(table)
         merged = dedupe(name, pa.concat_tables(tables))
         self.write_table(name, merged, date.fromisoformat(day), now)
         for path in paths:
@@ -395,13 +529,29 @@ class Dataset:
 
     def remove_stale_tmp(self, now: datetime | None = None) -> None:
         """Delete temporary files that a killed writer left behind (never visible to readers anyway)."""
+        for path in self.stale_temporary_files(now):
+            self._delete_quietly(path)
+
+    def stale_temporary_files(self, now: datetime | None = None) -> list[str]:
+        """Temporary files older than ``STALE_TMP``: left by a writer that was killed, never data. Younger ones may
+        be live writes. Both namings count: ``.x.parquet.<hex>.tmp``, and ``x.parquet.<hex>.tmp`` of older versions."""
         cutoff = (now or datetime.now(timezone.utc)) - STALE_TMP
-        selector = pafs.FileSelector(self.root, allow_not_found=True, recursive=True)
-        for info in self.fs.get_file_info(selector):
+        stale = []
+        for info in self.listing(self.root):
             if info.type == pafs.FileType.File and info.path.endswith(".tmp") and info.mtime is not None:
                 mtime = info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=timezone.utc)
                 if mtime < cutoff:
-                    self._delete_quietly(info.path)
+                    stale.append(info.path)
+        return stale
+
+    def remove_temporary(self, path: str) -> None:
+        """Delete one temporary file, saying why when it cannot be (``ftlog check --repair``)."""
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            pass  # its writer, or a compaction, removed it meanwhile
+        except OSError as exc:
+            raise DataError(f"cannot remove {path}: {reason(exc)}") from None
 
     def _delete_quietly(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -461,7 +611,7 @@ def dedupe(name: str, table: pa.Table) -> pa.Table:
 
 
 def _redact(location: str) -> str:
-    return location.split("?", 1)[0]
+    return redact(location)  # the one redaction of every location and URL ftlog shows (ftlog/redact.py)
 
 
 def _duckdb_filesystem(fs: pafs.FileSystem, scheme: str) -> Any:
@@ -485,3 +635,30 @@ def _merge_states(base: pa.Table, changes: pa.Table) -> pa.Table:
     changes = changes.filter(pc.fill_null(wins, False))
     kept = base.filter(pc.invert(pc.is_in(base.column("task_id"), value_set=changes.column("task_id"))))
     return pa.concat_tables([kept, changes])
+
+
+# A dataset is a folder (or object-store prefix) holding at least one of these: a table folder or the collector
+# state. The quarantine of `ftlog check --repair` alone is no dataset.
+DATASET_FOLDERS = (*TABLES, "_state")
+
+
+def require_dataset(data: str | Path | Dataset, *, create: bool = False) -> Dataset:
+    """The dataset at ``data``, or a DataError when there is none there: ``data`` is a regular file, or a folder
+    holding none of ``DATASET_FOLDERS``. Every reading command calls this first, so that a mistyped ``--data`` in
+    a cron job fails instead of reading as an empty dataset. With ``create`` (a collector) a missing or empty folder
+    is fine, since the first round makes the dataset there; a regular file still is not."""
+    dataset = data if isinstance(data, Dataset) else Dataset(data)
+    try:
+        if dataset.fs.get_file_info(dataset.root).type == pafs.FileType.File:
+            raise DataError(f"no ftlog dataset at {dataset.display}: it is a file, not a folder; check --data or "
+                            "FTLOG_DATA")  # fmt: skip
+        if create:
+            return dataset
+        found = dataset.fs.get_file_info([dataset.path(name) for name in DATASET_FOLDERS])
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read {dataset.display}: {exc}") from None
+    if not any(info.type == pafs.FileType.Directory for info in found):
+        raise DataError(
+            f"no ftlog dataset at {dataset.display}: run `ftlog collect` first, or check --data or FTLOG_DATA"
+        )
+    return dataset

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
+from .errors import DataError, QueryError
 from .schema import CURVE_SUMMARY, TABLES
 from .store import Dataset
 
@@ -120,30 +121,56 @@ def ensure_views(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
         con.register(f"_{name}_empty", schema.empty_table())
         # Which file each row came from: the checkpoints view compares files' step ranges (see VIEWS).
         with_filename = name == "checkpoints"
-        if not dataset.files(name):
-            extra = ", NULL::VARCHAR AS filename" if with_filename else ""
-            con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT *{extra} FROM _{name}_empty")
-            continue
-        source = dataset.duckdb_source(name, filename=with_filename)
-        con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date) FROM {source}")
-        # Files written before a column was declared lack it; when every file does, add it as NULL.
-        present = set(con.table(f"_{name}").columns)
-        declared = con.table(f"_{name}_empty")
-        missing = [
-            f"NULL::{kind} AS {column}"
-            for column, kind in zip(declared.columns, declared.types, strict=True)
-            if column not in present
-        ]
-        if missing:
-            con.execute(
-                f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date), {', '.join(missing)} FROM {source}"
-            )
+        # One glob over the table while its columns bind as declared, which is the rule. A file that does not read,
+        # or of another schema, fails or changes the binding: then the files are taken one by one, and those that
+        # cannot be used are skipped with a warning (Dataset.usable), so one damaged file never stops a reader.
+        if dataset.files(name):
+            if _bind_source(con, name, dataset.duckdb_source(name, filename=with_filename)):
+                continue
+            sources = dataset.usable_sources(name)
+            if sources:
+                if _bind_source(con, name, dataset.duckdb_source(name, filename=with_filename, sources=sources)):
+                    continue
+                raise DataError(f"cannot read the {name} files of {dataset.display} as declared; run `ftlog check`")
+        extra = ", NULL::VARCHAR AS filename" if with_filename else ""
+        con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT *{extra} FROM _{name}_empty")
     for name in VIEW_ORDER:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
 
 
-def connect(data: str | Path | Dataset = "data") -> duckdb.DuckDBPyConnection:
+def _bind_source(con: duckdb.DuckDBPyConnection, name: str, source: str) -> bool:
+    """Make ``_name`` the rows of ``source``. False when they do not bind as the declared columns: a file that does
+    not read or has another schema fails the binding, or widens a column's type, or adds a column. A file removed
+    meanwhile raises, for :func:`retry_vanished` to list again."""
+    try:
+        con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date) FROM {source}")
+    except duckdb.Error as exc:
+        if _vanished(exc):
+            raise
+        return False
+    declared, bound = con.table(f"_{name}_empty"), con.table(f"_{name}")
+    wanted = {column: str(kind) for column, kind in zip(declared.columns, declared.types, strict=True)}
+    found = {column: str(kind) for column, kind in zip(bound.columns, bound.types, strict=True)}
+    if any(wanted.get(column) != kind for column, kind in found.items() if column != "filename"):
+        return False
+    # Files written before a column was declared lack it; when every file does, add it as NULL.
+    missing = [f"NULL::{kind} AS {column}" for column, kind in wanted.items() if column not in found]
+    if missing:
+        con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date), {', '.join(missing)} FROM {source}")
+    return True
+
+
+def _vanished(exc: duckdb.Error) -> bool:
+    """Whether DuckDB failed because a data file it had listed is gone (a compaction merged it meanwhile)."""
+    text = str(exc)
+    return isinstance(exc, duckdb.IOException) and ("No such file" in text or "FileNotFoundError" in text)
+
+
+def connect(data: str | Path | Dataset = "data", *, confined: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with every ftlog view over the dataset at ``data``.
+
+    With ``confined`` (what ``ftlog query`` uses) the connection reads the dataset's files and nothing else: see
+    :func:`confine`. Without it, it is a connection like any other, for notebooks.
 
     >>> con = connect("data")  # doctest: +SKIP
     >>> con.sql("SELECT run_status, count(*) FROM tasks GROUP BY ALL").df()  # doctest: +SKIP
@@ -154,7 +181,39 @@ def connect(data: str | Path | Dataset = "data") -> duckdb.DuckDBPyConnection:
     # Data files are immutable (a new name for every write), so their footers can be cached for the connection.
     con.execute("SET parquet_metadata_cache = true")
     retry_vanished(lambda: ensure_views(con, dataset))  # creating a view reads every file's schema
+    if confined:
+        confine(con, dataset)
     return con
+
+
+def confine(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
+    """Let ``con`` reach the files under the dataset's root and nothing else, for good: no other path or URL (the
+    views read their files lazily, at each query, so the root stays open), no extension installed or loaded, no
+    Python variable read as a table, and no setting changed afterwards, this one included.
+
+    Within the root DuckDB could still write (``COPY ... TO``), and a statement could still change the catalog:
+    :func:`require_select` rejects every statement that is not a query."""
+    root = dataset.root if dataset.is_local else f"{dataset.scheme}://{dataset.root}"  # as duckdb_source names it
+    con.execute("SET allowed_directories = $1", [[root + "/"]])
+    for setting in (
+        "enable_external_access = false",  # files and URLs outside allowed_directories, INSTALL, LOAD, ATTACH
+        "autoinstall_known_extensions = false",
+        "autoload_known_extensions = false",
+        "python_enable_replacements = false",  # `FROM name` never reads a Python object of the caller
+        "lock_configuration = true",  # last: no SET or RESET can undo the above
+    ):
+        con.execute(f"SET {setting}")
+
+
+def require_select(sql: str) -> None:
+    """Raise QueryError unless every statement of ``sql`` is a query (SELECT, FROM-first, WITH, VALUES, DESCRIBE,
+    SHOW, SUMMARIZE, TABLE). A statement that does not parse raises DuckDB's own parser error."""
+    for statement in duckdb.extract_statements(sql):
+        if statement.type != duckdb.StatementType.SELECT:
+            raise QueryError(
+                f"ftlog query runs read-only queries (SELECT) over the views, not {statement.type.name} statements;"
+                " for anything else use ftlog.connect() in Python"
+            )
 
 
 def retry_vanished(run: Callable[[], T], attempts: int = VANISHED_RETRIES) -> T:
@@ -167,8 +226,7 @@ def retry_vanished(run: Callable[[], T], attempts: int = VANISHED_RETRIES) -> T:
         try:
             return run()
         except duckdb.IOException as exc:
-            text = str(exc)
-            if attempt == attempts or not ("No such file" in text or "FileNotFoundError" in text):
+            if attempt == attempts or not _vanished(exc):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -365,5 +365,9 @@ def test_empty_dataset_gives_empty_frames(tmp_path: Path) -> None:
     assert analysis.eta(empty).empty
     assert analysis.health(empty).empty
     assert analysis.status(empty).empty
+    # The command line says there is no dataset there (a mistyped --data), rather than printing nothing.
+    result = CliRunner().invoke(cli, ["status", "--format", "json", "--data", str(empty)])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: no ftlog dataset at") and result.stdout == ""
+    (empty / "snapshots").mkdir(parents=True)  # a dataset with no rows yet
     result = CliRunner().invoke(cli, ["status", "--format", "json", "--data", str(empty)])
     assert result.exit_code == 0 and json.loads(result.stdout) == []

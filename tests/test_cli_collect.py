@@ -221,6 +221,7 @@ def test_query_formats_are_clean_on_stdout(api_env: Simulator, data: Path) -> No
 
 
 def test_query_errors_exit_1(data: Path) -> None:
+    (data / "snapshots").mkdir(parents=True)  # a dataset without rows: the query itself is what fails
     assert_one_error_line(run("query", "SELECT nope FROM snapshots", "--data", str(data)), "query failed")
 
 

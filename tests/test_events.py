@@ -184,7 +184,10 @@ def test_events_command_formats_and_filters(sim: Simulator, client: QianfanClien
 
 
 def test_events_command_on_an_empty_dataset_and_bad_arguments(tmp_path: Path) -> None:
-    empty = run("events", "--data", str(tmp_path / "none"), "--format", "json")
+    none = run("events", "--data", str(tmp_path / "none"), "--format", "json")
+    assert none.exit_code == 1 and none.stderr.startswith("Error: no ftlog dataset at") and none.stdout == ""
+    (tmp_path / "empty" / "events").mkdir(parents=True)
+    empty = run("events", "--data", str(tmp_path / "empty"), "--format", "json")
     assert (empty.exit_code, empty.stdout.strip()) == (0, "[]")
     bad = run("events", "--data", str(tmp_path), "--since", "yesterday")
     assert bad.exit_code == 2 and "expected an ISO time" in bad.stderr

@@ -34,7 +34,7 @@ TIMEOUT = 0.2  # seconds the client waits for an answer; "slow" answers take lon
 EXPECTED = {
     "429": (429, "QPSLimitReached"),
     "500": (500, "InternalError"),
-    "slow": (None, "no answer"),
+    "slow": (None, "no complete answer"),
     "reset": (None, "cannot reach"),
     "html": (502, "non-JSON answer"),
     "truncate": (None, "cut off"),

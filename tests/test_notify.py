@@ -164,7 +164,9 @@ def test_failed_deliveries_are_retried_and_nothing_is_delivered_twice(
 
     failures = view(dataset, "SELECT attempts, http_status, error FROM deliveries WHERE outcome = 'failed' "
                              "ORDER BY attempted_at, http_status NULLS LAST")  # fmt: skip
-    assert sorted(failures, key=repr) == sorted([(2, 503, "HTTP 503"), (2, None, "ReadTimeout")], key=repr)
+    failures = [(n, status, error.split(" within ")[0]) for n, status, error in failures]  # the seconds vary
+    timed_out = "no complete answer from the receiver"
+    assert sorted(failures, key=repr) == sorted([(2, 503, "HTTP 503"), (2, None, timed_out)], key=repr)
     assert view(dataset, "SELECT count(*) FROM deliveries WHERE outcome = 'delivered'") == [(4,)]
 
     # A restarted collector, with a new notifier, skips what was delivered.
@@ -180,8 +182,8 @@ def test_failed_deliveries_are_retried_and_nothing_is_delivered_twice(
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}/hook?key={TOKEN}"
     assert fast(Webhook(closed), attempts=1).deliver(dataset, now=clock).failed == 1
-    assert view(dataset, "SELECT error FROM deliveries WHERE target LIKE '127.0.0.1#%' AND error LIKE 'Conn%'") == [
-        ("ConnectionError",)
+    assert view(dataset, "SELECT error FROM deliveries WHERE target LIKE '127.0.0.1#%' AND error LIKE 'cannot%'") == [
+        ("cannot reach the receiver (ConnectionError)",)
     ]
     for path in Path(dataset.root).rglob("*"):
         assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path

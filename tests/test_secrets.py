@@ -3,9 +3,12 @@ or tracebacks, whatever fails along the way. Every command runs as a real ``pyth
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,13 +18,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from conftest import SECRET_AK, SECRET_SK
+from test_s3 import S3_KEY_ID, s3, s3_server  # noqa: F401 - the S3 fixtures, on their own moto server
 
+from ftlog.cli import cli
 from ftlog.client import Credentials, QianfanClient
 from ftlog.collect import Selection, collect_round
 from ftlog.errors import ApiError
+from ftlog.redact import RedactingFilter, redact
 from ftlog.simulator import Simulator
 from ftlog.store import Dataset
+from ftlog.views import connect
 
 
 @dataclass
@@ -149,3 +157,167 @@ def test_a_dotenv_readable_by_others_is_flagged_without_the_secret(sim: Simulato
     dotenv.chmod(0o600)
     run = ftlog(tmp_path, env, "collect", task, "--data", "data")
     assert run.returncode == 0 and "readable by other users" not in run.stderr
+
+
+# -- credentials inside URLs: dataset locations, endpoints, webhooks ------------------------------------------
+
+URL_SECRET = "urlSECRETe5c4a1"  # a password or token written into a URL
+URL_TOKEN = "urlTOKEN9b7d20"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("s3://AKID:pw@bucket/prefix", "s3://***@bucket/prefix"),
+        ("s3://AKID:p@ss/word@bucket/prefix", "s3://***@bucket/prefix"),  # "@" and "/" typed unencoded
+        ("s3://bucket/prefix?access_key=AKID&secret_key=pw", "s3://bucket/prefix?access_key=***&secret_key=***"),
+        (
+            "see 'http://user:pw@host:8080/api' and https://h/x?token=t#frag",
+            "see 'http://***@host:8080/api' and https://h/x?token=***#frag",
+        ),
+        (
+            "Max retries exceeded with url: /hook?key=k&sig=s (Caused by X)",
+            "Max retries exceeded with url: /hook?key=***&sig=*** (Caused by X)",
+        ),
+        (
+            "http://127.0.0.1:9/v2/finetuning?Action=DescribeFineTuningTask",
+            "http://127.0.0.1:9/v2/finetuning?Action=DescribeFineTuningTask",
+        ),
+        ("/data/ftlog and s3://bucket/prefix", "/data/ftlog and s3://bucket/prefix"),
+    ],
+)
+def test_redact_masks_the_credentials_of_every_url_in_a_text(text: str, shown: str) -> None:
+    assert redact(text) == shown
+    assert redact(shown) == shown
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        f"s3://AKIDURI:{URL_SECRET}/x@bucket/prefix",  # unparseable: the URI parser's error quotes it whole
+        f"s3://bucket/prefix?access_key=AKIDURI&secret_key={URL_SECRET}",
+        f"s3://AKIDURI:{URL_SECRET}@bucket/prefix?unknown=1",
+    ],
+)
+@pytest.mark.parametrize("command", [["check"], ["query", "SELECT 1"], ["status"], ["report", "--out"]])
+def test_credentials_in_a_dataset_uri_are_in_no_error(location: str, command: list[str], tmp_path: Path) -> None:
+    out = [str(tmp_path / "report")] if command == ["report", "--out"] else []
+    result = CliRunner().invoke(cli, [*command, *out, "--data", location])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: "), result.output
+    assert "***" in result.stderr and URL_SECRET not in result.output
+
+
+def test_credentials_in_an_s3_uri_reach_no_output_check_or_report(
+    s3: str,  # noqa: F811 - the fixture
+    api_env: Simulator,
+    tmp_path: Path,
+) -> None:
+    """Keys in the URI itself (``s3://KEY:SECRET@bucket/prefix``), which pyarrow uses to sign its requests."""
+    location = s3.replace("s3://", f"s3://{S3_KEY_ID}:{URL_SECRET}@")
+    shown = s3.replace("s3://", "s3://***@")
+    runner = CliRunner()
+    runs = [runner.invoke(cli, ["-v", "collect", "--all", "--data", location])]
+    for args in (["status"], ["query", "SELECT count(*) FROM tasks"], ["check"], ["report", "--out", "r"]):
+        runs.append(runner.invoke(cli, ["-v", *args, "--data", location]))
+    assert [r.exit_code for r in runs] == [0] * 5, [r.output for r in runs]
+    assert f"in {shown}: no problems" in runs[3].stdout  # check names the location, without its keys
+    html = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    assert f">{shown}</dd>" in html  # the report's location line
+    for text in [html, *(r.output for r in runs)]:
+        assert URL_SECRET not in text
+
+
+def test_credentials_in_the_endpoint_are_in_no_output_log_or_poll(sim: Simulator, tmp_path: Path) -> None:
+    closed = socket_port()
+    endpoint = f"http://apiuser:{URL_SECRET}@127.0.0.1:{closed}/?token={URL_TOKEN}"
+    runs = [
+        ftlog(tmp_path, child_env(sim), "-v", "collect", "task-any00000001", "--endpoint", endpoint, "--data", "data"),
+        ftlog(
+            tmp_path,
+            child_env(sim, QIANFAN_CONSOLE_API_BASE_URL=endpoint),
+            "-v",
+            "collect",
+            "task-any00000001",
+            "--data",
+            "data",
+        ),
+    ]
+    for run in runs:
+        # ftlog signs with AK/SK: the user:password part is dropped from the endpoint, and never shown
+        assert run.returncode == 1 and f"cannot reach http://127.0.0.1:{closed}/ " in run.stderr, run.stderr
+        assert "retry" in run.stderr  # the retries were logged (-v), with the endpoint
+    with connect(tmp_path / "data") as con:
+        messages = [row[0] for row in con.execute("SELECT error_message FROM polls").fetchall()]
+    assert len(messages) == 2 and all(f"http://127.0.0.1:{closed}/ " in m for m in messages), messages
+    for text in [*messages, *(r.stdout + r.stderr for r in runs)]:
+        assert URL_SECRET not in text and URL_TOKEN not in text
+    assert_no_file_holds(tmp_path / "data", URL_SECRET, URL_TOKEN)
+
+
+def test_an_api_message_quoting_a_url_is_stored_and_shown_redacted(api_env: Simulator, tmp_path: Path) -> None:
+    task = next(iter(api_env.tasks))
+    api_env.fail(task, 400, "InvalidParameter", f"cannot fetch http://u:{URL_SECRET}@host/x?token={URL_TOKEN}")
+    result = CliRunner().invoke(cli, ["collect", task, "--data", "data"])
+    assert result.exit_code == 1 and "InvalidParameter" in result.stderr, result.output
+    with connect(tmp_path / "data") as con:
+        (message,) = con.execute("SELECT error_message FROM polls").fetchone() or (None,)
+    assert message is not None and "http://***@host/x?token=***" in message
+    for text in (message, result.output):
+        assert URL_SECRET not in text and URL_TOKEN not in text
+
+
+def test_webhook_credentials_are_in_no_output_log_or_file(sim: Simulator, tmp_path: Path) -> None:
+    task, job = "task-hook00000001", "job-hook000000001"
+    hook = f"http://hookuser:{URL_SECRET}@127.0.0.1:{socket_port()}/hook?access_token={URL_TOKEN}"
+    env = child_env(sim)
+    runs = []
+    for status in ("Running", "Failed"):  # the change to Failed is an event, to deliver to the unreachable hook
+        sim.script(task, {"taskId": task, "runStatus": status, "checkpointList": []}, job_id=job)
+        runs.append(ftlog(tmp_path, env, "-v", "collect", task, "--notify", hook, "--data", "data"))
+    runs.append(ftlog(tmp_path, env, "collect", task, "--notify", f"ftp://hookuser:{URL_SECRET}@host/?t={URL_TOKEN}",
+                      "--data", "data"))  # fmt: skip
+    assert [r.returncode for r in runs] == [0, 0, 1], [r.stderr for r in runs]
+    assert "notification to 127.0.0.1#" in runs[1].stderr  # the failed delivery was logged, by the target's key
+    with connect(tmp_path / "data") as con:
+        deliveries = con.execute("SELECT target, outcome, error FROM deliveries").fetchall()
+    assert deliveries and all(outcome == "failed" for _, outcome, _ in deliveries), deliveries
+    for text in [str(deliveries), *(r.stdout + r.stderr for r in runs)]:
+        assert URL_SECRET not in text and URL_TOKEN not in text
+    assert_no_file_holds(tmp_path / "data", URL_SECRET, URL_TOKEN)
+
+
+def test_log_lines_and_their_tracebacks_are_redacted_and_printable() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("ftlog.test_redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning("posting to %s failed: \x1b]0;title\x07", f"https://u:{URL_SECRET}@h/?token={URL_TOKEN}")
+        try:
+            raise OSError(f"cannot reach https://u:{URL_SECRET}@h/?token={URL_TOKEN}")
+        except OSError:
+            logger.exception("delivery failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "posting to https://***@h/?token=*** failed: \\x1b]0;title\\x07" in text
+    assert "OSError: cannot reach https://***@h/?token=***" in text  # the traceback, redacted too
+    assert URL_SECRET not in text and URL_TOKEN not in text and "\x1b" not in text
+
+
+def socket_port() -> int:
+    """A port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def assert_no_file_holds(folder: Path, *secrets: str) -> None:
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".parquet" for path in files)
+    for path in files:
+        for secret in secrets:
+            assert secret.encode() not in path.read_bytes(), path
+            if path.suffix == ".parquet":  # compressed pages would hide the text from a byte search
+                assert secret not in json.dumps(pq.read_table(path).to_pylist(), default=str), path
