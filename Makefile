@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck pytest demo bench smoke clean
+.PHONY: setup test quick lint typecheck pytest demo bench smoke clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The edit-test loop: everything but the tests marked slow (crashes, concurrency, browser, notebook, S3, bench).
+quick: lint typecheck
+	$(BIN)/pytest -m "not slow"
+
 smoke: $(STAMP)
 	$(BIN)/ftlog --help >/dev/null && echo "ftlog CLI ok"
 
@@ -37,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache reports
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache reports build dist

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +24,9 @@ import ftlog
 from ftlog import analysis
 from ftlog.client import Credentials, QianfanClient
 from ftlog.collect import DEFAULT_CONCURRENCY, Selection, collect_round
-from ftlog.schema import CHECKPOINTS, SNAPSHOTS, TABLES, TIME_COLUMNS, normalise
+from ftlog.compat import arrow
+from ftlog.normalise import normalise
+from ftlog.schema import CHECKPOINTS, SNAPSHOTS, TABLES
 from ftlog.simulator import Faults, Simulator
 from ftlog.store import OPEN_PARTITION_MAX_FILES, Dataset
 from ftlog.views import VIEWS
@@ -53,6 +57,7 @@ class Sizes:
     collector_checkpoints: int
     runs: int  # median of this many
     round_runs: int  # figure 5 times this many rounds on each side
+    start_runs: int  # figure 11 starts this many interpreters on each side
     mlflow: bool
 
 
@@ -72,6 +77,7 @@ FULL = Sizes(
     collector_checkpoints=10,
     runs=5,
     round_runs=15,
+    start_runs=21,
     mlflow=True,
 )
 SMOKE = Sizes(
@@ -90,6 +96,7 @@ SMOKE = Sizes(
     collector_checkpoints=2,
     runs=3,
     round_runs=5,
+    start_runs=3,
     mlflow=False,
 )
 
@@ -142,10 +149,8 @@ HAND_COMPARE = f"""
 
 
 def arrow_frame(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
-    """``con.sql(sql)`` to pandas through Arrow (DuckDB's ``.arrow()``, renamed ``to_arrow_table`` in 1.4)."""
-    relation = con.sql(sql)
-    fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
-    return fetch().to_pandas()
+    """``con.sql(sql)`` to pandas through Arrow, as ftlog's helpers fetch."""
+    return arrow(con.sql(sql)).to_pandas()
 
 
 def sql_path(path: Path) -> str:
@@ -178,6 +183,7 @@ class Suite:
             ("8", self.memory),
             ("9", self.report_scaling),
             ("10", self.object_store),
+            ("11", self.startup),
         ]
         for key, step in steps:
             if only and not ({key} | ({"2", "3"} if key == "1" else {"5", "6"} if key == "4" else set())) & only:
@@ -335,7 +341,7 @@ class Suite:
             )
         self.why["3"] = (
             "Figure 3: compare() reads each task's latest snapshot, which carries a summary of its curve (final and "
-            "best loss and perplexity, schema.curve_summary), and checks by checkpoint time that no summary is stale; "
+            "best loss and perplexity, ftlog.normalise), and checks by checkpoint time that no summary is stale; "
             "it reads no checkpoint otherwise. What remains is DuckDB's fixed cost per query (binding the views over "
             "every data file, planning) and reading the snapshots, against MLflow reading its own per-run summary "
             "rows from SQLite."
@@ -614,6 +620,29 @@ class Suite:
             f"collector history), median of {s.runs} runs each after one warm-up report."
         )
 
+    # -- figure 11 ---------------------------------------------------------------------------------------------
+    def startup(self) -> None:
+        s = self.sizes
+        self.log("figure 11: a cold `ftlog --help` vs a cold `import click`")
+
+        def fresh(*args: str) -> Callable[[], None]:
+            return lambda: subprocess.run([sys.executable, *args], capture_output=True, check=True)
+
+        sides = [fresh("-m", "ftlog", "--help"), fresh("-c", "import click")]
+        for side in sides:  # the first start compiles bytecode: not what a user waits for each time
+            side()
+        t_help, t_click = medians(sides, s.start_runs)
+        ratio, text = times(t_help, t_click)
+        title = 'cold `ftlog --help` vs cold `python -c "import click"`'
+        self.add(Row("11", title, seconds(t_help), seconds(t_click), ratio, text, "<= 3x its time", 3))
+        self.notes.append(
+            f"Figure 11: each run starts a fresh interpreter of the same Python and virtualenv (`python -m ftlog "
+            f'--help` against `python -c "import click"`), bytecode already compiled; median wall time of '
+            f"{s.start_runs} runs each, interleaved, interpreter start-up included on both sides. `--help` loads "
+            f"click and ftlog's light modules only (cli, config, errors, redact): each command imports pandas, "
+            f"pyarrow, duckdb, requests or matplotlib when it runs (tests/test_startup.py checks that none loads)."
+        )
+
 
 # -- helpers for the week ----------------------------------------------------------------------------------------
 def week_schedule(plans: list[Plan], rounds: int, share: float, seed: int = 5) -> list[tuple[int, ...]]:
@@ -645,7 +674,7 @@ def written_once(dataset: Dataset, folder: Path) -> int:
         if not paths:
             continue
         table = pa.concat_tables(dataset.read_table(path, name) for path in paths)
-        table = table.sort_by([("task_id", "ascending"), (TIME_COLUMNS[name], "ascending")])
+        table = table.sort_by([("task_id", "ascending"), (TABLES[name].time_column, "ascending")])
         path = folder / f"{name}.parquet"
         pq.write_table(table, path, compression="zstd")
         total += path.stat().st_size

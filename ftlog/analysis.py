@@ -2,6 +2,10 @@
 
 Every helper takes ``source``: a dataset location (path or URI), a :class:`~ftlog.store.Dataset`, or a connection
 from :func:`ftlog.connect`, so a notebook can open the dataset once and pass the connection around.
+
+Every helper returns the same columns and dtypes whether or not rows exist, as its docstring lists: times are
+``datetime64[us, UTC]``, flags pandas ``boolean``, counts and steps ``Int64``, other numbers ``float64``, and text
+``str`` (pandas' text dtype: ``object`` before pandas 3). A missing value is NaN, NaT or ``<NA>`` accordingly.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pyarrow.compute as pc
 
 from . import schema
 from .errors import FtlogError
-from .schema import TERMINAL_STATUSES
+from .schema import TABLES, TERMINAL_STATUSES, struct
 from .store import Dataset
 from .views import CURVE_ATTRIBUTES, TASK_ATTRIBUTES, connect, fetch
 
@@ -31,9 +35,27 @@ METRICS = ("bleu_4", "rouge_1", "rouge_2", "rouge_l")
 CURVE_METRICS = ("training_loss", "perplexity")
 CURVE_SUMMARY = schema.CURVE_SUMMARY[1:]  # final and best values; last_step only marks that a summary exists
 
+# The dtypes of the helpers' columns (see the module docstring).
+TIME = pd.DatetimeTZDtype("us", "UTC")
+FLAG = pd.BooleanDtype()
+COUNT = pd.Int64Dtype()
+NUMBER = np.dtype("float64")
+TEXT = pa.array([], pa.string()).to_pandas().dtype  # what pandas makes of Arrow text: str, or object before pandas 3
+# Integers and booleans as nullable dtypes: plain ones turn into float64 or object as soon as one value is NULL,
+# so a column's dtype would depend on the rows.
+_INTEGERS = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64())
+_NULLABLE: dict[pa.DataType, Any] = dict.fromkeys(_INTEGERS, COUNT) | {pa.bool_(): FLAG}
+
 
 @contextmanager
-def _connection(source: Source) -> Iterator[duckdb.DuckDBPyConnection]:
+def connection(source: Source) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection with the ftlog views for ``source``, for running several helpers over one consistent view of
+    the dataset: a connection passed in is used as it is and left open; otherwise one is opened with
+    :func:`ftlog.connect` and closed when the block ends.
+
+    >>> with connection("data") as con:  # doctest: +SKIP
+    ...     latest, best = tasks(con), best_checkpoints(con)
+    """
     if isinstance(source, duckdb.DuckDBPyConnection):
         yield source
         return
@@ -44,11 +66,20 @@ def _connection(source: Source) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper=_NULLABLE.get)
+
+
+def _typed(frame: pd.DataFrame, dtypes: dict[str, Any]) -> pd.DataFrame:
+    """``frame`` with exactly the columns of ``dtypes``, in that order and of those dtypes."""
+    return frame.reindex(columns=list(dtypes)).astype(dtypes)
+
+
 def _frame(source: Source, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
-    with _connection(source) as con:
+    with connection(source) as con:
         # Through Arrow rather than .df(): at 500,000 checkpoint rows it is about twice as fast and needs half the
         # peak memory, since text columns never become one Python object per value.
-        return fetch(con, sql, params).to_pandas()
+        return _to_pandas(fetch(con, sql, params))
 
 
 def _task_filter(tasks: Sequence[str] | None, jobs: Sequence[str] | None, alias: str = "t") -> tuple[str, list[Any]]:
@@ -64,6 +95,12 @@ def _task_filter(tasks: Sequence[str] | None, jobs: Sequence[str] | None, alias:
 
 def tasks(source: Source, *, tasks: Sequence[str] | None = None, jobs: Sequence[str] | None = None) -> pd.DataFrame:
     """The latest state of each task (the ``tasks`` view), optionally limited to some tasks or jobs.
+
+    Columns: those of the ``tasks`` view but ``raw`` and ``metrics``, ordered by ``task_id``. Text (``task_id``,
+    ``job_id``, ``job_name``, ``model``, ``run_status``, ``error_code``, ...) is ``str``; ``create_time``,
+    ``finish_time``, ``observed_at``, ``first_seen_at`` and ``last_polled_at`` are ``datetime64[us, UTC]``;
+    ``run_progress`` and ``bleu_4``, ``rouge_1``, ``rouge_2``, ``rouge_l`` are ``float64``; ``checkpoint_count``
+    is ``Int64``.
 
     >>> tasks("data")[["task_id", "run_status", "run_progress"]]  # doctest: +SKIP
     """
@@ -83,6 +120,10 @@ def curves(
     mode and parameter scale. ``x="fraction"`` sets column ``x`` to step / last step of the task (0..1); ``ema``
     (a smoothing factor in (0, 1], e.g. 0.3) adds ``training_loss_ema`` and ``perplexity_ema`` beside the raw values.
 
+    Columns: ``task_id``, ``job_id``, ``job_name``, ``model``, ``train_mode``, ``parameter_scale`` (``str``),
+    ``step`` (``Int64``), ``x``, ``training_loss``, ``perplexity`` and, with ``ema``, ``training_loss_ema`` and
+    ``perplexity_ema`` (``float64``); ordered by ``task_id`` and ``step``.
+
     >>> df = curves("data", x="fraction", ema=0.3)  # doctest: +SKIP
     >>> df.columns[:4].tolist()  # doctest: +SKIP
     ['task_id', 'job_id', 'model', 'train_mode']
@@ -93,7 +134,7 @@ def curves(
         raise FtlogError(f"ema must be in (0, 1], not {ema}")
     where, params = _task_filter(tasks, jobs)
     x_expr = "step::DOUBLE" if x == "step" else "step / max(step) OVER (PARTITION BY task_id)"
-    with _connection(source) as con:
+    with connection(source) as con:
         # The same rows as the curves view, faster: DuckDB sorts the narrow checkpoint rows, and each task's text
         # attributes are attached afterwards by position, so the sort never carries five text columns.
         attributes = fetch(con, f"SELECT * FROM ({TASK_ATTRIBUTES}) t WHERE {where}", params)
@@ -112,19 +153,32 @@ def curves(
     columns = {"task_id": points.column("task_id")}
     columns |= {name: attributes.column(name).take(at) for name in CURVE_ATTRIBUTES}
     columns |= {name: points.column(name) for name in ("step", "x", *CURVE_METRICS)}
-    frame = pa.table(columns).to_pandas()
-    if ema is not None and not frame.empty:
+    frame = _to_pandas(pa.table(columns))
+    if ema is not None:
         grouped = frame.groupby("task_id", sort=False)
         for column in CURVE_METRICS:
-            frame[f"{column}_ema"] = grouped[column].transform(lambda s: s.ewm(alpha=ema, adjust=False).mean())
+            smoothed = (
+                grouped[column].transform(lambda s: s.ewm(alpha=ema, adjust=False).mean())
+                if len(frame)
+                else frame[column]
+            )
+            frame[f"{column}_ema"] = smoothed.astype(NUMBER)
     return frame
 
 
 def final_and_best(source: Source) -> pd.DataFrame:
-    """Per task: final (last step) and best (lowest, NaN ignored) training loss and perplexity."""
-    return _frame(
-        source,
-        """
+    """Per task with checkpoints: final (last step) and best (lowest, NaN ignored) training loss and perplexity,
+    summarised from every checkpoint.
+
+    Columns: ``task_id`` (``str``), ``final_loss``, ``best_loss``, ``final_perplexity``, ``best_perplexity``
+    (``float64``), ``last_step`` and ``checkpoints`` (``Int64``).
+    """
+    return _frame(source, _checkpoint_summary_sql())
+
+
+def _checkpoint_summary_sql(where: str = "TRUE") -> str:
+    """SQL for :func:`final_and_best` over the tasks ``where`` selects (a condition on ``task_id``)."""
+    return f"""
         SELECT task_id,
                arg_max(training_loss, step) AS final_loss,
                min(training_loss) FILTER (WHERE isfinite(training_loss)) AS best_loss,
@@ -132,9 +186,8 @@ def final_and_best(source: Source) -> pd.DataFrame:
                min(perplexity) FILTER (WHERE isfinite(perplexity)) AS best_perplexity,
                max(step) AS last_step,
                count(*) AS checkpoints
-        FROM checkpoints GROUP BY task_id
-        """,
-    )
+        FROM checkpoints WHERE {where} GROUP BY task_id
+    """
 
 
 def compare(
@@ -161,7 +214,7 @@ def compare(
     values = [*METRICS, *CURVE_SUMMARY]
     aggregates = ",\n".join(f"{allowed[s]}({v}) AS {v}_{s}" for v in values for s in stats)
     where, params = _task_filter(tasks, jobs)
-    with _connection(source) as con:
+    with connection(source) as con:
         latest = _latest_states_sql(where)
         # First from the curve summaries the snapshots carry; only if some task's summary is missing,
         # again with those tasks summarised from their checkpoints (which costs a read of every checkpoint).
@@ -170,7 +223,7 @@ def compare(
             fallback = "SELECT NULL::VARCHAR AS task_id WHERE false"
             if recount:
                 curve = ", ".join(f"CASE WHEN t.recount THEN fb.{v} ELSE t.{v} END AS {v}" for v in CURVE_SUMMARY)
-                fallback = """
+                fallback = f"""
                     SELECT task_id,
                            arg_max(training_loss, step) AS final_loss,
                            min(training_loss) FILTER (WHERE isfinite(training_loss)) AS best_loss,
@@ -179,7 +232,7 @@ def compare(
                     FROM (  -- the checkpoints view, restricted to those tasks before it de-duplicates
                         SELECT task_id, step, perplexity, training_loss FROM _checkpoints
                         WHERE task_id IN (SELECT task_id FROM latest WHERE recount)
-                        QUALIFY row_number() OVER (PARTITION BY task_id, step ORDER BY observed_at DESC) = 1
+                        QUALIFY {TABLES["checkpoints"].rank()} = 1
                     ) GROUP BY task_id
                 """
             frame = _frame(
@@ -204,15 +257,14 @@ def _latest_states_sql(where: str) -> str:
     """SQL for, per task: the group columns, status and reported metrics of its latest snapshot, the summary of
     its curve that the snapshot carries, and ``recount`` where that summary is missing (snapshot files from before
     snapshots carried a summary read it as NULL)."""
-    state = ", ".join(f"'{c}': {c}" for c in (*GROUP_COLUMNS, "checkpoint_count", "last_step", *CURVE_SUMMARY))
-    metrics = ", ".join(f"'{c}': {c}" for c in METRICS)
+    snapshots = TABLES["snapshots"]
+    state = struct((*GROUP_COLUMNS, "checkpoint_count", "last_step", *CURVE_SUMMARY))
     sql = f"""
         WITH latest AS (
             -- Straight from the stored rows: a snapshot that a second collector stored again holds the same
             -- values, so the de-duplicating views (and their window functions) are not needed for these columns.
-            SELECT task_id,
-                   arg_min({{{state}}}, {{'at': -epoch_us(observed_at), 'hash': state_hash}}) AS s,
-                   arg_max({{{metrics}}}, observed_at) FILTER (WHERE len(metrics) > 0) AS m
+            SELECT task_id, {snapshots.first(state)} AS s,
+                   {snapshots.first(struct(METRICS), where="len(metrics) > 0")} AS m  -- as the metrics view
             FROM _snapshots GROUP BY task_id
         ), t AS (
             SELECT task_id, unnest(s), unnest(m) FROM latest
@@ -237,6 +289,11 @@ def best_checkpoints(
     """Per task the checkpoint with the lowest ``metric`` (``training_loss`` or ``perplexity``; ties go to the
     earlier step), whether it is the last step (if not, later steps got worse: an overfitting hint), and the
     ``incrementTaskId`` / ``incrementCheckpointStep`` pair CreateFineTuningTask takes to continue from it.
+
+    Columns: ``task_id``, ``job_id``, ``job_name``, ``model``, ``train_mode``, ``parameter_scale``, ``run_status``,
+    ``metric`` (``str``), ``best_step`` (``Int64``), ``best_value`` (``float64``), ``last_step`` (``Int64``),
+    ``is_last`` (``boolean``), ``checkpoints`` (``Int64``), ``incrementTaskId`` (``str``),
+    ``incrementCheckpointStep`` (``Int64``); ordered by ``task_id``.
 
     >>> best_checkpoints("data")[["task_id", "best_step", "best_value", "is_last"]]  # doctest: +SKIP
     """
@@ -276,6 +333,9 @@ def timeline(
     ``now`` for the current stretch of a task still in flight, NULL for a terminal status). Times are when the
     collector first saw each status, so their resolution is the polling interval.
 
+    Columns: ``task_id``, ``job_id``, ``model``, ``train_mode``, ``parameter_scale``, ``status`` (``str``),
+    ``entered_at``, ``left_at`` (``datetime64[us, UTC]``), ``seconds`` (``float64``); ordered by task and time.
+
     >>> timeline("data")[["task_id", "status", "seconds"]]  # doctest: +SKIP
     """
     where, params = _task_filter(tasks, jobs)
@@ -308,11 +368,12 @@ def durations(
     a terminal status, or until ``now``) and the ``end_status``. A duration the collector could not observe (a
     status never seen, or a task first seen already finished) is NULL.
 
+    Columns: ``task_id`` (``str``), ``queue_seconds``, ``running_seconds``, ``total_seconds`` (``float64``),
+    ``end_status`` (``str``); ordered by ``task_id``.
+
     >>> durations("data")[["task_id", "queue_seconds", "running_seconds", "total_seconds"]]  # doctest: +SKIP
     """
     stretches = timeline(source, tasks=tasks, jobs=jobs, now=now)
-    if stretches.empty:
-        return pd.DataFrame(columns=["task_id", "queue_seconds", "running_seconds", "total_seconds", "end_status"])
     rows = []
     moment = pd.Timestamp(now or datetime.now(timezone.utc))
     for task_id, group in stretches.groupby("task_id", sort=True):
@@ -334,7 +395,11 @@ def durations(
                 "end_status": last["status"] if last["status"] in TERMINAL_STATUSES else None,
             }
         )
-    return pd.DataFrame(rows)
+    return _typed(pd.DataFrame(rows), _DURATIONS)
+
+
+_DURATIONS = {"task_id": TEXT, "queue_seconds": NUMBER, "running_seconds": NUMBER, "total_seconds": NUMBER,
+              "end_status": TEXT}  # fmt: skip
 
 
 def eta(
@@ -351,6 +416,10 @@ def eta(
     for longer than ``stall_after``.
 
     The rate runs from the first Running snapshot in the window to the last poll, so a plateau lowers it.
+
+    Columns: ``task_id`` (``str``), ``run_progress``, ``rate_per_hour`` (``float64``), ``eta``,
+    ``progress_since`` (when the current progress was first seen; ``datetime64[us, UTC]``), ``stalled``
+    (``boolean``); ordered by ``task_id``.
 
     >>> eta("data", stall_after=timedelta(minutes=20))[["task_id", "run_progress", "eta", "stalled"]]  # doctest: +SKIP
     """
@@ -392,8 +461,11 @@ def eta(
                 "stalled": bool(moment.to_pydatetime() - since.to_pydatetime() > stall_after),
             }
         )
-    columns = ["task_id", "run_progress", "rate_per_hour", "eta", "progress_since", "stalled"]
-    return pd.DataFrame(rows, columns=columns)
+    return _typed(pd.DataFrame(rows), _ETA)
+
+
+_ETA = {"task_id": TEXT, "run_progress": NUMBER, "rate_per_hour": NUMBER, "eta": TIME, "progress_since": TIME,
+        "stalled": FLAG}  # fmt: skip
 
 
 def finish_time(last_seen: pd.Timestamp, progress: float, rate: float | None) -> pd.Timestamp | None:
@@ -429,6 +501,9 @@ def health(
     relative), ``perplexity_mismatch`` (some perplexity is off exp(training_loss) by more than
     ``perplexity_tolerance``, relative), and ``healthy`` when none is set.
 
+    Columns: ``task_id`` (``str``), ``checkpoints`` (``Int64``), ``loss_rising``, ``non_finite``, ``plateau``,
+    ``perplexity_mismatch``, ``healthy`` (``boolean``); one row per task with checkpoints, ordered by ``task_id``.
+
     >>> health("data").query("not healthy")  # doctest: +SKIP
     """
     frame = curves(source, tasks=tasks, jobs=jobs)
@@ -456,14 +531,17 @@ def health(
                 "healthy": not (rising or non_finite or flat or mismatch),
             }
         )
-    columns = ["task_id", "checkpoints", "loss_rising", "non_finite", "plateau", "perplexity_mismatch", "healthy"]
-    return pd.DataFrame(rows, columns=columns)
+    return _typed(pd.DataFrame(rows), _HEALTH)
 
 
-STATUS_COLUMNS = [
-    "task_id", "job_id", "model", "train_mode", "parameter_scale", "run_status", "run_progress", "eta", "stalled",
-    "best_loss", "last_change", "last_polled_at",
-]  # fmt: skip
+_HEALTH = {"task_id": TEXT, "checkpoints": COUNT, "loss_rising": FLAG, "non_finite": FLAG, "plateau": FLAG,
+           "perplexity_mismatch": FLAG, "healthy": FLAG}  # fmt: skip
+
+
+_STATUS = {"task_id": TEXT, "job_id": TEXT, "model": TEXT, "train_mode": TEXT, "parameter_scale": TEXT,
+           "run_status": TEXT, "run_progress": NUMBER, "eta": TIME, "stalled": FLAG, "best_loss": NUMBER,
+           "last_change": TIME, "last_polled_at": TIME}  # fmt: skip
+STATUS_COLUMNS = list(_STATUS)
 
 
 def status(
@@ -471,17 +549,37 @@ def status(
 ) -> pd.DataFrame:
     """One row per task for ``ftlog status``: identity, status, progress, ETA, best loss and last change.
 
+    ``eta`` and ``stalled`` are those of :func:`eta`, NULL for a task not Running; ``best_loss`` is the lowest
+    finite training loss of the task's checkpoints (NULL without any), as its latest snapshot summarises them.
+
+    Columns: ``task_id``, ``job_id``, ``model``, ``train_mode``, ``parameter_scale``, ``run_status`` (``str``),
+    ``run_progress`` (``float64``), ``eta`` (``datetime64[us, UTC]``), ``stalled`` (``boolean``), ``best_loss``
+    (``float64``), ``last_change``, ``last_polled_at`` (``datetime64[us, UTC]``); ordered by ``task_id``.
+
     >>> status("data")  # doctest: +SKIP
     """
-    with _connection(source) as con:
+    with connection(source) as con:
         latest = tasks(con)
         if latest.empty:
-            return pd.DataFrame(columns=STATUS_COLUMNS)
+            return _typed(pd.DataFrame(), _STATUS)
         estimates = eta(con, now=now, stall_after=stall_after)[["task_id", "eta", "stalled"]]
-        best = final_and_best(con)[["task_id", "best_loss"]]
+        best = _best_losses(con)
     frame = latest.merge(estimates, on="task_id", how="left").merge(best, on="task_id", how="left")
-    frame["stalled"] = frame["stalled"].astype("boolean")
-    return frame.rename(columns={"observed_at": "last_change"})[STATUS_COLUMNS]
+    return _typed(frame.rename(columns={"observed_at": "last_change"}), _STATUS)
+
+
+def _best_losses(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per task, ``best_loss`` from the curve summary of its latest snapshot, which spares reading every
+    checkpoint; a task whose snapshot lacks a summary (stored by an older ftlog) is summarised from its
+    checkpoints instead."""
+    best = _frame(con, f"SELECT task_id, best_loss, recount FROM ({_latest_states_sql('TRUE')})")
+    recount = best["recount"].fillna(False).astype(bool)
+    if recount.any():
+        stale = best.loc[recount, "task_id"].tolist()
+        scanned = _frame(con, _checkpoint_summary_sql("task_id IN (SELECT unnest(?::VARCHAR[]))"), [stale])
+        fallback = best["task_id"].map(scanned.set_index("task_id")["best_loss"])
+        best["best_loss"] = best["best_loss"].where(~recount, fallback)
+    return best[["task_id", "best_loss"]]
 
 
 def events(
@@ -493,6 +591,8 @@ def events(
 ) -> pd.DataFrame:
     """Derived events (the ``events`` view: terminal status changes, stalls, new best checkpoints), oldest first,
     optionally from ``since`` on and of some ``kinds`` only. ``details`` is JSON text.
+
+    Columns: ``at`` (``datetime64[us, UTC]``), ``task_id``, ``kind``, ``details``, ``event_id`` (``str``).
 
     >>> events("data", kinds=["status"], since=datetime(2024, 5, 1, tzinfo=timezone.utc))  # doctest: +SKIP
     """

@@ -5,8 +5,8 @@ and reports:
 
 - **unreadable** files: not Parquet, truncated, or with pages that do not decode;
 - **schema** mismatches: a column whose type differs from the declared schema (``ftlog.schema``), or a declared
-  column that is missing (unless it was added later, ``schema.ADDED_COLUMNS``), or one that is not declared;
-- **duplicates**: rows that repeat a table's natural key (``store.NATURAL_KEYS``): left by an interrupted
+  column that is missing (unless it was added later, ``Table.added_columns``), or one that is not declared;
+- **duplicates**: rows that repeat a table's natural key (``Table.natural_key``): left by an interrupted
   compaction or a copied file. The views absorb them; ``ftlog compact`` merges them away;
 - **state** ahead of the data: the collector state remembers a snapshot or checkpoint that no file holds, so the
   collector would never write it again;
@@ -32,12 +32,11 @@ import pyarrow.parquet as pq
 
 from .errors import DataError
 from .schema import TABLES
-from .store import NATURAL_KEYS, Dataset, reason, schema_mismatch
+from .store import STATE_DIR, Dataset, reason, schema_mismatch
 
 KINDS = ("unreadable", "schema", "duplicates", "state", "permission", "temporary")
 QUARANTINED = ("unreadable", "schema", "state")  # what --repair moves: every reader skips it (a state is rebuilt)
 QUARANTINE = "_quarantine"
-STATE_DIR = "_state"
 MAX_PASSES = 20  # listings until one has no file vanish before it is read; each reads only files not read before
 
 
@@ -139,7 +138,7 @@ def _scan(dataset: Dataset, name: str) -> _Table:
     listing holds those rows. Files read earlier and gone from the latest listing are dropped (their rows are in a
     listed file), so duplicates are counted in one consistent set of files."""
     table = _Table()
-    key_columns = [column.strip() for column in NATURAL_KEYS.get(name, "").split(",") if column.strip()]
+    key_columns = list(TABLES[name].natural_key)
     for _ in range(MAX_PASSES):
         listed = _visible_files(dataset, name)
         seen = set(table.keys) | set(table.problems)
@@ -184,20 +183,19 @@ def _duplicates(tables: dict[str, _Table]) -> list[Problem]:
     con = duckdb.connect()
     try:
         for name, table in tables.items():
-            if not table.keys or name not in NATURAL_KEYS:
+            if not table.keys:
                 continue
+            key = ", ".join(TABLES[name].natural_key)
             con.register("keyed", pa.concat_tables(table.keys.values()))
             rows = con.execute(
                 f"""SELECT partition, sum(n - 1)::BIGINT, sum(n)::BIGINT FROM (
                         SELECT min(partition) AS partition, count(*) AS n FROM keyed
-                        GROUP BY {NATURAL_KEYS[name]} HAVING count(*) > 1
+                        GROUP BY {key} HAVING count(*) > 1
                     ) GROUP BY partition ORDER BY partition"""
             ).fetchall()
             con.unregister("keyed")
             problems += [
-                Problem(
-                    "duplicates", f"{name}/{partition}", f"{extra} extra rows repeat the key ({NATURAL_KEYS[name]})"
-                )
+                Problem("duplicates", f"{name}/{partition}", f"{extra} extra rows repeat the key ({key})")
                 for partition, extra, _ in rows
             ]
     finally:
@@ -258,7 +256,7 @@ def _state_ahead(states: dict[str, pa.Table], tables: dict[str, _Table]) -> list
 
 def _keys(tables: dict[str, _Table], name: str, columns: list[str]) -> pa.Table:
     parts = [keys.select(columns) for keys in tables[name].keys.values()]
-    return pa.concat_tables(parts) if parts else TABLES[name].empty_table().select(columns)
+    return pa.concat_tables(parts) if parts else TABLES[name].schema.empty_table().select(columns)
 
 
 def _quarantine(dataset: Dataset, rel: str) -> str | None:

@@ -16,32 +16,32 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import duckdb
-import numpy as np
-import pandas as pd
 
-from . import __version__
-from .client import (
+# Only light modules here: each command imports what it uses, so `ftlog --help` loads no pandas, pyarrow, duckdb,
+# requests or matplotlib.
+from .config import (
     ATTEMPT_SECONDS,
     CALL_SECONDS,
+    DEFAULT_CONCURRENCY,
     DEFAULT_RPS,
+    EVENT_KINDS,
     MAX_BYTES,
-    QianfanClient,
-    RetryPolicy,
+    NOTIFY_FORMATS,
     base_url_from_env,
     load_credentials,
     settings,
 )
-from .collect import DEFAULT_CONCURRENCY, RoundResult, Selection, collect_round, watch
 from .errors import FtlogError
-from .events import KINDS
-from .notify import FORMATS as NOTIFY_FORMATS
-from .notify import Notifier, targets_from
 from .redact import CONTROL, RedactingFilter, printable, redact
-from .store import Dataset, require_dataset
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .client import QianfanClient
+    from .collect import RoundResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_PARTIAL = 3
@@ -77,7 +77,11 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except FtlogError as exc:
             raise click.ClickException(error_line(str(exc))) from None
-        except duckdb.Error as exc:
+        except Exception as exc:
+            # A DuckDB error can only come from a command that loaded duckdb: look it up instead of importing it.
+            duckdb = sys.modules.get("duckdb")
+            if duckdb is None or not isinstance(exc, duckdb.Error):
+                raise
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise click.ClickException(error_line(f"query failed: {message}")) from None
 
@@ -96,6 +100,8 @@ def data_option(func: F, *, create: bool = False) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .store import require_dataset
+
         try:
             require_dataset(kwargs["data"], create=create)
         except FtlogError as exc:
@@ -122,6 +128,8 @@ def echo_frame(frame: pd.DataFrame, fmt: str) -> None:
     Values and column names come from the API and from SQL, and may hold terminal control sequences. Table, CSV
     and markdown show each control character as its escape (ESC as the text ``\x1b``; CSV keeps line breaks and
     tabs, which it quotes); JSON escapes them as ``\u001b``, so it still holds the exact text."""
+    import pandas as pd
+
     if fmt == "json":
         text = frame.to_json(orient="records", date_format="iso", date_unit="us", force_ascii=False)
         # pandas escapes C0 controls itself; DEL, C1 and the bidi marks it writes as they are.
@@ -141,6 +149,8 @@ def echo_frame(frame: pd.DataFrame, fmt: str) -> None:
 
 def printable_frame(frame: pd.DataFrame, keep: str = "") -> pd.DataFrame:
     """A copy of ``frame`` whose column names and text, also inside lists and structs, are ``printable``."""
+    import numpy as np
+    import pandas as pd
 
     def clean(value: Any) -> Any:
         if isinstance(value, str):
@@ -172,6 +182,8 @@ def parse_group_columns(ctx: click.Context, param: click.Parameter, value: str) 
 
 
 def _markdown(frame: pd.DataFrame) -> str:
+    import pandas as pd
+
     def cell(value: Any) -> str:
         if value is None or (not isinstance(value, str) and pd.isna(value)):
             return ""
@@ -183,10 +195,12 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="ftlog")
+@click.version_option(package_name="ftlog", prog_name="ftlog")  # looked up only when asked
 @click.option("-v", "--verbose", is_flag=True, help="Log retries and other details to stderr.")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Track Baidu Qianfan fine-tuning runs: collect snapshots, query and compare them, write reports."""
+    ctx.default_map = dotenv_defaults()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())  # log lines quote URLs and API messages too
     logging.basicConfig(
@@ -194,6 +208,18 @@ def cli(verbose: bool) -> None:
         format="%(levelname)s: %(message)s",
         handlers=[handler],
     )
+
+
+def dotenv_defaults() -> dict[str, dict[str, str]]:
+    """Option values from ``.env`` for options that have an environment variable (``FTLOG_DATA``, ``FTLOG_RPS``):
+    click ranks these defaults below the command line and the real environment, as for every other setting."""
+    values = settings()
+    defaults: dict[str, dict[str, str]] = {}
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if isinstance(param.envvar, str) and values.get(param.envvar) and param.name:
+                defaults.setdefault(name, {})[param.name] = values[param.envvar]
+    return defaults
 
 
 @contextmanager
@@ -227,6 +253,8 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 def make_client(
     endpoint: str | None, rps: float, timeout: float = CALL_SECONDS, max_answer_mb: float = MAX_BYTES / 2**20
 ) -> QianfanClient:
+    from .client import QianfanClient, RetryPolicy
+
     return QianfanClient(load_credentials(), base_url=endpoint or base_url_from_env(), rps=rps,
                          timeout=min(ATTEMPT_SECONDS, timeout), retry=RetryPolicy(total=timeout),
                          max_bytes=int(max_answer_mb * 2**20))  # fmt: skip
@@ -281,6 +309,10 @@ def collect(
     data: str,
 ) -> None:
     """Describe tasks and append what changed to the dataset (one round, or --watch)."""
+    from .collect import Selection, after_round, run_round, watch
+    from .notify import Notifier, targets_from
+    from .store import Dataset
+
     if until_done and not watching:
         raise click.UsageError("--until-done needs --watch")
     if not (task_ids or job_ids or all_jobs):
@@ -291,24 +323,25 @@ def collect(
     dataset = Dataset(data)
     client = make_client(endpoint, rps, timeout, max_answer_mb)
     targets = targets_from(notify_urls, notify_commands, notify_format)
-    events: dict[str, Any] = {"stall_after": timedelta(minutes=stall_minutes) if stall_minutes else None,
-                              "notifier": Notifier(targets) if targets else None}  # fmt: skip
+    notifier = Notifier(targets) if targets else None
+    stall_after = timedelta(minutes=stall_minutes) if stall_minutes else None
     show = not quiet and sys.stderr.isatty()
 
     with stop_on_interrupt() as stop:
 
         def one_round() -> RoundResult:
+            # The round (fetch, diff, save), then compaction and notifications; exit 1 if nothing was described.
+            options: dict[str, Any] = {"concurrency": concurrency, "stop": stop, "stall_after": stall_after}
             if not show:
-                return collect_round(client, dataset, selection, concurrency=concurrency, stop=stop, **events)
+                return after_round(dataset, run_round(client, dataset, selection, **options), notifier=notifier)
             with click.progressbar(length=0, label="describing", file=sys.stderr, show_pos=True) as bar:
 
                 def step(done: int, total: int) -> None:
                     bar.length = total  # known only once discovery has listed the tasks
                     bar.update(done - bar.pos)
 
-                return collect_round(
-                    client, dataset, selection, concurrency=concurrency, stop=stop, progress=step, **events
-                )
+                result = run_round(client, dataset, selection, progress=step, **options)
+            return after_round(dataset, result, notifier=notifier)
 
         def report(result: RoundResult) -> None:
             if not quiet:
@@ -333,6 +366,8 @@ def query(sql: str, fmt: str, data: str) -> None:
     """Run a read-only SQL query against the views (snapshots, tasks, checkpoints, curves, metrics, metric_values,
     status_changes, polls, events, deliveries). It reads the dataset and nothing else: for other SQL use
     ftlog.connect() in Python."""
+    import pandas as pd
+
     from .views import connect, require_select, retry_vanished
 
     require_select(sql)  # before any file is read: nothing but queries, which the confined connection limits
@@ -349,6 +384,8 @@ def query(sql: str, fmt: str, data: str) -> None:
 
 def nested_as_json(frame: pd.DataFrame) -> pd.DataFrame:
     """Lists and structs (e.g. ``snapshots.metrics``) as JSON text: a CSV cell would otherwise hold a numpy repr."""
+    import numpy as np
+    import pandas as pd
 
     def plain(value: Any) -> Any:  # numpy arrays and scalars as Python values, anything else (times) as text
         return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else str(value)
@@ -371,6 +408,8 @@ def nested_as_json(frame: pd.DataFrame) -> pd.DataFrame:
 def compact(data: str) -> None:
     """Merge the small files of closed date partitions into one file each, and rewrite files written by an older
     ftlog so that they gain the columns added since."""
+    from .store import Dataset
+
     removed = Dataset(data).compact(upgrade=True)
     click.echo(f"compacted: {removed} files merged", err=True)
 
@@ -528,7 +567,7 @@ def demo_command(out: str, data: str, seed: int, speed: float, interval: float, 
 
 
 def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    from .schema import as_time
+    from .normalise import as_time
 
     if value is None:
         return None
@@ -540,7 +579,7 @@ def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 @cli.command("events")
 @click.option("--since", metavar="ISO-TIME", callback=parse_time, help="Only events at or after this time (UTC).")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Only this kind (repeatable).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(EVENT_KINDS), help="Only this kind (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @data_option
 @handle_errors

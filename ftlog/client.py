@@ -9,93 +9,31 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import random
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import auth, transport
+from .config import ATTEMPT_SECONDS, CALL_SECONDS, DEFAULT_BASE_URL, DEFAULT_RPS, MAX_BYTES
+from .config import Credentials as Credentials  # where callers of the client have always found them
+from .config import load_credentials as load_credentials
 from .errors import ApiError, AuthError, ConfigError, ListingTruncated, TransportError
 from .redact import redact
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://qianfan.baidubce.com"
 API_PATH = "/v2/finetuning"
-DEFAULT_RPS = 10.0
 PAGE_SIZE = 100  # the documented maximum of maxKeys
 MAX_PAGES = 1000  # a listing stops after this many pages (100,000 jobs or tasks) with a warning ...
 LIST_SECONDS = 300.0  # ... or after this long
 STALE_PAGES = 3  # ... or after this many pages in a row that list nothing new (a server looping on markers)
-CALL_SECONDS = 60.0  # the most one call may take, retries and waits included ...
-ATTEMPT_SECONDS = 30.0  # ... and one attempt of it
-MAX_BYTES = 32 * 1024 * 1024  # the largest answer read (decoded); larger ones are error polls
 MAX_DEPTH = 64  # the deepest JSON accepted; API answers nest four or five levels
-_FLAGGED_DOTENV: set[Path] = set()
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key: str
-    secret_key: str = field(repr=False)
-
-    def __str__(self) -> str:
-        return f"Credentials(access_key={self.access_key!r}, secret_key=***)"
-
-
-def read_dotenv(path: str | Path = ".env") -> dict[str, str]:
-    """Read ``KEY=VALUE`` lines (optionally ``export``-prefixed and quoted) from a ``.env`` file, if present."""
-    env_path = Path(path)
-    if not env_path.is_file():
-        return {}
-    mode = env_path.stat().st_mode
-    if mode & (stat.S_IRGRP | stat.S_IROTH) and env_path.resolve() not in _FLAGGED_DOTENV:
-        _FLAGGED_DOTENV.add(env_path.resolve())  # once per process: every setting lookup reads the file again
-        log.warning("%s is readable by other users; restrict it with: chmod 600 %s", env_path, env_path)
-    values: dict[str, str] = {}
-    for line in env_path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] in "'\"" and value[0] in value[1:]:
-            value = value[1 : value.index(value[0], 1)]  # quoted: anything after the closing quote is a comment
-        else:
-            value = value.split(" #", 1)[0].strip()
-        values[key.strip()] = value
-    return values
-
-
-def settings(environ: Mapping[str, str] | None = None, dotenv: str | Path = ".env") -> dict[str, str]:
-    """The process environment over the ``.env`` file: where every ftlog setting is read from."""
-    merged = read_dotenv(dotenv)
-    # An empty variable counts as unset, so `export QIANFAN_SECRET_KEY=` does not hide the .env value.
-    merged.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
-    return merged
-
-
-def load_credentials(environ: Mapping[str, str] | None = None) -> Credentials:
-    env = settings(environ)
-    access_key = env.get("QIANFAN_ACCESS_KEY", "").strip()
-    secret_key = env.get("QIANFAN_SECRET_KEY", "").strip()
-    if not access_key or not secret_key:
-        raise ConfigError(
-            "no Qianfan credentials: set QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY in the environment or in .env"
-        )
-    return Credentials(access_key, secret_key)
-
-
-def base_url_from_env(environ: Mapping[str, str] | None = None) -> str:
-    return settings(environ).get("QIANFAN_CONSOLE_API_BASE_URL") or DEFAULT_BASE_URL
 
 
 class RateLimiter:

@@ -1,7 +1,10 @@
 """Collection: discover tasks, describe them concurrently under the rate cap, store only what changed.
 
-A round writes at most one file per table (per UTC date), then the collector state, then compacts closed
-partitions. Every describe attempt becomes a ``polls`` row, failures included.
+A round is fetch -> diff -> save (:func:`run_round`): :func:`_describe_all` fetches the answers as they arrive,
+:func:`diff` compares them with the collector state (no I/O), and :func:`save` writes at most one file per table
+(per UTC date), then the collector state. Every describe attempt becomes a ``polls`` row, failures included.
+Compaction and notifications follow the round, as the caller asks (:func:`after_round`); :func:`collect_round`
+does both in one call.
 """
 
 from __future__ import annotations
@@ -11,22 +14,24 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .client import QianfanClient
+from .client import Answer, QianfanClient
+from .config import DEFAULT_CONCURRENCY
 from .errors import ApiError, AuthError, FtlogError, ListingTruncated, TransportError
 from .events import DEFAULT_STALL, derive
+from .normalise import normalise, utf8
 from .notify import DeliveryReport, Notifier
-from .schema import CHECKPOINTS, EVENTS, POLLS, SNAPSHOTS, TERMINAL_STATUSES, normalise, utf8
-from .store import STATE, Dataset, Rows, TaskState, same_value, state_row
+from .rows import CheckpointRow, Point, PollOutcome, PollRow
+from .schema import CHECKPOINTS, EVENTS, POLLS, SNAPSHOTS, TERMINAL_STATUSES
+from .state import DEFAULT_NAME, STATE, TaskState, load_state, same_value, save_state, state_row
+from .store import Dataset, Rows
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONCURRENCY = 8
 
 
 def utcnow() -> datetime:
@@ -60,10 +65,11 @@ class Selection:
 
     @property
     def state_name(self) -> str:
+        """The collector state file of this selection: one per shard, so shards never overwrite each other's."""
         if self.shard is None:
-            return "tasks"
+            return DEFAULT_NAME
         index, count = self.shard
-        return f"tasks-shard-{index % count or count}-of-{count}"
+        return f"{DEFAULT_NAME}-shard-{index % count or count}-of-{count}"
 
 
 def shard_of(job_id: str, count: int) -> int:
@@ -85,6 +91,13 @@ class RoundResult:
     interrupted: bool = False
     events: int = 0
     delivery: DeliveryReport | None = None  # set when notifications are configured
+    task_ids: list[str] = field(default_factory=list, repr=False)  # the selection as discovered, in order
+
+    def count(self, changes: RoundChanges) -> None:
+        """Take the tallies of what :func:`diff` found."""
+        self.changed, self.unchanged, self.errors = changes.changed, changes.unchanged, len(changes.failures)
+        self.new_checkpoints, self.events = changes.new_checkpoints, len(changes.events)
+        self.statuses, self.failures = changes.statuses, changes.failures
 
     @property
     def all_terminal(self) -> bool:
@@ -142,6 +155,27 @@ def discover(
     return list(task_ids)
 
 
+Fetched = tuple[str, Answer | ApiError, float, datetime]  # what _describe_all yields for one task
+
+
+@dataclass
+class RoundChanges:
+    """What one round's answers change (:func:`diff`), ready to :func:`save`. The rows wait as Arrow batches,
+    not Python dicts: a first round may bring millions of checkpoints."""
+
+    baseline: bool  # the first round over an empty dataset reports no terminal status it merely finds
+    snapshots: Rows = field(default_factory=lambda: Rows(SNAPSHOTS, 1000))
+    checkpoints: Rows = field(default_factory=lambda: Rows(CHECKPOINTS))
+    polls: Rows = field(default_factory=lambda: Rows(POLLS, 1000))
+    events: Rows = field(default_factory=lambda: Rows(EVENTS))
+    states: Rows = field(default_factory=lambda: Rows(STATE))  # the new state of each task that changed
+    changed: int = 0
+    unchanged: int = 0
+    new_checkpoints: int = 0
+    statuses: dict[str, str | None] = field(default_factory=dict)  # each described task's latest known status
+    failures: list[ApiError] = field(default_factory=list)
+
+
 def collect_round(
     client: QianfanClient,
     dataset: Dataset,
@@ -155,78 +189,151 @@ def collect_round(
     stall_after: timedelta | None = DEFAULT_STALL,
     notifier: Notifier | None = None,
 ) -> RoundResult:
-    """Describe every selected task once and append what changed. Raises only when nothing could be done
-    (credentials rejected, API unreachable); per-task failures are counted and stored in ``polls``.
-    ``progress(done, total)`` is called after each describe. Events (ftlog/events.py) are derived from what
-    each describe changes; with ``notifier``, pending events are delivered after the writes, within its budget."""
+    """:func:`run_round`, then :func:`after_round`: a round as ``ftlog collect`` runs it, in one call. Raises only
+    when nothing could be done (credentials rejected, API unreachable); per-task failures are counted and stored
+    in ``polls``. With ``notifier``, pending events are delivered after the writes, within its budget."""
+    result = run_round(client, dataset, selection, concurrency=concurrency, now=now, stop=stop, progress=progress,
+                       stall_after=stall_after)  # fmt: skip
+    return after_round(dataset, result, now=now, compact=compact, notifier=notifier)
+
+
+def run_round(
+    client: QianfanClient,
+    dataset: Dataset,
+    selection: Selection,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    now: Callable[[], datetime] = utcnow,
+    stop: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    stall_after: timedelta | None = DEFAULT_STALL,
+) -> RoundResult:
+    """Describe every selected task once and append what changed: fetch -> diff -> save. ``progress(done,
+    total)`` is called after each describe. A round in which every describe failed is stored like any other;
+    :func:`after_round` turns it into an error."""
     started = time.monotonic()
     result = RoundResult()
-    task_ids = discover(client, selection, result, concurrency=concurrency)
-    result.tasks = len(task_ids)
-    dataset.state_name = selection.state_name
-    state = dataset.load_state()
-    # The round's rows wait as Arrow columns, not Python dicts: a first round may bring millions of checkpoints.
-    snapshots, checkpoints, polls, events = Rows(SNAPSHOTS, 1000), Rows(CHECKPOINTS), Rows(POLLS, 1000), Rows(EVENTS)
-    changes = Rows(STATE)  # the new state of each task that changed, with all its checkpoints
-    baseline = not state  # the first round over an empty dataset reports no terminal status it merely finds
-
-    for task_id, outcome, elapsed, polled_at in _describe_all(client, task_ids, concurrency, stop, progress, now):
-        poll: dict[str, Any] = {"poll_id": uuid.uuid4().hex, "task_id": task_id, "polled_at": polled_at,
-                                "elapsed_ms": elapsed * 1000}  # fmt: skip
-        if isinstance(outcome, ApiError):
-            result.errors += 1
-            result.failures.append(outcome)
-            result.statuses[task_id] = state[task_id].run_status if task_id in state else None
-            poll.update(outcome="error", http_status=outcome.status, error_code=outcome.code and utf8(outcome.code),
-                        error_message=utf8(outcome.message), request_id=outcome.request_id)  # fmt: skip
-            polls.add(poll)
-            continue
-        answer = outcome
-        previous = state.get(task_id)  # checkpoints as a dict for this task only, dropped after it
-        polled_at = poll["polled_at"] = _not_before(polled_at, previous)
-        row = normalise(task_id, answer.result, polled_at, answer.request_id)
-        snapshot = row.snapshot
-        snapshot["task_id"] = task_id
-        known = dict(previous.checkpoints) if previous else {}
-        new_points = _new_checkpoints(row.checkpoints, known)
-        for point in new_points:
-            known[point["step"]] = (point["perplexity"], point["training_loss"])
-            # superseded: False, as each step is written once per round (the checkpoints view relies on it)
-            checkpoints.add({"task_id": task_id, **point, "observed_at": polled_at, "superseded": False})
-        result.new_checkpoints += len(new_points)
-        changed = previous is None or previous.state_hash != snapshot["state_hash"]
-        if changed:
-            snapshots.add(snapshot)
-            result.changed += 1
-        else:
-            result.unchanged += 1
-        result.statuses[task_id] = snapshot["run_status"]
-        current = TaskState(snapshot["state_hash"], snapshot["run_status"], snapshot["run_progress"], polled_at, known)
-        found = derive(previous, current, snapshot, stall_after=stall_after, baseline=baseline)
-        for event in found:
-            events.add(event)
-        if changed or new_points or found:  # a reported stall is remembered, so it is reported once
-            changes.add(state_row(task_id, current), size=1 + len(known))
-        poll.update(outcome="changed" if changed else "unchanged", http_status=answer.status,
-                    request_id=answer.request_id)  # fmt: skip
-        polls.add(poll)
-    result.interrupted = bool(stop and stop.is_set())
+    result.task_ids = discover(client, selection, result, concurrency=concurrency)
+    result.tasks = len(result.task_ids)
+    state = load_state(dataset, selection.state_name)
+    answers = _describe_all(client, result.task_ids, concurrency, stop, progress, now)
+    changes = diff(state, answers, stall_after=stall_after)
     del state  # save_state reads the file again (another collector may have replaced it): one copy at a time
-
-    # Data before polls before state: a crash in between leaves rows the views de-duplicate, never a gap.
-    write_time = now()
-    dataset.append_table("snapshots", snapshots.table(), write_time)
-    dataset.append_table("checkpoints", checkpoints.table(), write_time)
-    dataset.append_table("events", events.table(), write_time)
-    result.events = len(events)
-    dataset.append_table("polls", polls.table(), write_time)
-    if changes:
-        dataset.save_state(changes.table(), create=baseline)  # a state file found at the start is only updated
-    if compact:
-        dataset.compact(write_time)
-    if notifier is not None:
-        result.delivery = notifier.deliver(dataset, now=now, tasks=task_ids)  # a collector notifies of its own tasks
+    result.interrupted = bool(stop and stop.is_set())
+    save(dataset, selection.state_name, changes, now())
+    result.count(changes)
     result.seconds = time.monotonic() - started
+    return result
+
+
+def diff(
+    state: Mapping[str, TaskState], answers: Iterable[Fetched], *, stall_after: timedelta | None = DEFAULT_STALL
+) -> RoundChanges:
+    """What ``answers`` (as :func:`_describe_all` yields them) change against ``state``: the rows to append and
+    the new state of each task that changed. No I/O; ``answers`` is consumed as it comes, one task at a time, and
+    a task's checkpoints are a dict only while its answer is compared."""
+    changes = RoundChanges(baseline=not state)
+    for task_id, outcome, elapsed, answered_at in answers:
+        previous = state.get(task_id)
+        if isinstance(outcome, ApiError):
+            changes.failures.append(outcome)
+            changes.statuses[task_id] = previous.run_status if previous else None
+            changes.polls.add(_poll(task_id, answered_at, elapsed, "error", outcome))
+        else:
+            _compare(changes, task_id, outcome, previous, _not_before(answered_at, previous), elapsed, stall_after)
+    return changes
+
+
+def _compare(
+    changes: RoundChanges,
+    task_id: str,
+    answer: Answer,
+    previous: TaskState | None,
+    polled_at: datetime,
+    elapsed: float,
+    stall_after: timedelta | None,
+) -> None:
+    """Add one successful describe to ``changes``."""
+    row = normalise(task_id, answer.result, polled_at, answer.request_id)
+    snapshot = row.snapshot
+    snapshot["task_id"] = task_id
+    known = dict(previous.checkpoints) if previous else {}
+    new_points = _new_checkpoints(row.checkpoints, known)
+    for point in new_points:
+        known[point["step"]] = (point["perplexity"], point["training_loss"])
+        # superseded: False, as each step is written once per round (the checkpoints view relies on it)
+        checkpoint: CheckpointRow = {"task_id": task_id, "step": point["step"], "perplexity": point["perplexity"],
+                                     "training_loss": point["training_loss"], "observed_at": polled_at,
+                                     "superseded": False}  # fmt: skip
+        changes.checkpoints.add(checkpoint)
+    changes.new_checkpoints += len(new_points)
+    changed = previous is None or previous.state_hash != snapshot["state_hash"]
+    if changed:
+        changes.snapshots.add(snapshot)
+        changes.changed += 1
+    else:
+        changes.unchanged += 1
+    changes.statuses[task_id] = snapshot["run_status"]
+    observed = TaskState(snapshot["state_hash"], snapshot["run_status"], snapshot["run_progress"], polled_at, known)
+    derived = derive(previous, observed, snapshot, stall_after=stall_after, baseline=changes.baseline)
+    for event in derived.events:
+        changes.events.add(event)
+    if changed or new_points or derived.events:  # a reported stall is remembered, so it is reported once
+        current = replace(observed, progress_since=derived.progress_since, stall_reported=derived.stall_reported)
+        changes.states.add(state_row(task_id, current), size=1 + len(known))
+    changes.polls.add(_poll(task_id, polled_at, elapsed, "changed" if changed else "unchanged", answer))
+
+
+def _poll(
+    task_id: str, polled_at: datetime, elapsed: float, outcome: PollOutcome, answer: Answer | ApiError
+) -> PollRow:
+    """The ``polls`` row of one describe; ``answer`` is an ApiError for an 'error' poll."""
+    error = answer if isinstance(answer, ApiError) else None
+    return {
+        "poll_id": uuid.uuid4().hex,
+        "task_id": task_id,
+        "polled_at": polled_at,
+        "outcome": outcome,
+        "http_status": answer.status,
+        "error_code": error.code and utf8(error.code) if error else None,
+        "error_message": utf8(error.message) if error else None,
+        "request_id": answer.request_id,
+        "elapsed_ms": elapsed * 1000,
+    }
+
+
+def save(dataset: Dataset, state_name: str, changes: RoundChanges, now: datetime) -> None:
+    """Append a round's rows, stamped ``now``, then merge its task states into the state file ``state_name``.
+
+    Data before polls before state: a crash in between leaves rows the views de-duplicate, never a gap. Every poll
+    that reports a change finds its snapshot, and the state never remembers a snapshot the data lacks (which would
+    stop the collector from ever writing it): docs/reliability.md, "Crashes"."""
+    dataset.append_table("snapshots", changes.snapshots.table(), now)
+    dataset.append_table("checkpoints", changes.checkpoints.table(), now)
+    dataset.append_table("events", changes.events.table(), now)
+    dataset.append_table("polls", changes.polls.table(), now)
+    if changes.states:  # a state file found at the start is only updated (state.save_state)
+        save_state(dataset, state_name, changes.states.table(), create=changes.baseline)
+
+
+def after_round(
+    dataset: Dataset,
+    result: RoundResult,
+    *,
+    now: Callable[[], datetime] = utcnow,
+    compact: bool = True,
+    notifier: Notifier | None = None,
+) -> RoundResult:
+    """What follows a round's writes: with ``compact``, merge closed partitions (``Dataset.compact``); with
+    ``notifier``, deliver pending events of the round's tasks (a collector notifies of its own tasks). Last, a
+    round in which every describe failed is an error (exit 1), raised only now so that it compacts and delivers
+    what earlier rounds found like any other. Returns ``result``, its time including these steps."""
+    started = time.monotonic()
+    if compact:
+        dataset.compact(now())
+    if notifier is not None:
+        result.delivery = notifier.deliver(dataset, now=now, tasks=result.task_ids)
+    result.seconds += time.monotonic() - started
     _raise_if_nothing_worked(result)
     return result
 
@@ -240,9 +347,7 @@ def _not_before(answered_at: datetime, previous: TaskState | None) -> datetime:
     return answered_at if last is None else max(answered_at, last + timedelta(microseconds=1))
 
 
-def _new_checkpoints(
-    points: list[dict[str, Any]], known: dict[int, tuple[float | None, float | None]]
-) -> list[dict[str, Any]]:
+def _new_checkpoints(points: Sequence[Point], known: dict[int, tuple[float | None, float | None]]) -> list[Point]:
     """Checkpoints never stored, or whose value changed; a step repeated within one answer counts once (last)."""
     latest = {point["step"]: point for point in points}
     fresh = []
@@ -260,21 +365,21 @@ def _describe_all(
     stop: threading.Event | None,
     progress: Callable[[int, int], None] | None,
     now: Callable[[], datetime] = utcnow,
-) -> Iterator[tuple[str, Any, float, datetime]]:
+) -> Iterator[Fetched]:
     """Yield ``(task_id, Answer | ApiError, seconds, answered_at)`` as describes finish, with at most
     ``concurrency`` in flight (so memory stays bounded however many tasks there are). Stops submitting once
     ``stop`` is set. ``answered_at`` is taken as the answer arrives, not when it is consumed: a late stamp could
     order two collectors' observations of one task the wrong way round."""
 
-    def describe(task_id: str) -> tuple[str, Any, float, datetime]:
+    def describe(task_id: str) -> Fetched:
         began = time.monotonic()
         try:
-            answer: Any = client.describe_task(task_id)
+            answer: Answer | ApiError = client.describe_task(task_id)
         except ApiError as exc:
             answer = exc
         return task_id, answer, time.monotonic() - began, now()
 
-    pending: set[Future[tuple[str, Any, float, datetime]]] = set()
+    pending: set[Future[Fetched]] = set()
     queue: Iterable[str] = iter(task_ids)
     finished = 0
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .client import Credentials, QianfanClient
-from .collect import RoundResult, Selection, collect_round, watch
+from .collect import RoundResult, Selection, after_round, run_round, watch
 from .errors import FtlogError
 from .report import check_out_dir, write_report
 from .simulator import Simulator
@@ -91,8 +91,13 @@ def run_demo(
         credentials = Credentials(sim.access_key, sim.secret_key)
         with QianfanClient(credentials, base_url=sim.url, rps=DEMO_RPS) as client:
             selection = Selection(all_jobs=True)
+
+            def one_round() -> RoundResult:
+                result = run_round(client, dataset, selection, concurrency=DEMO_CONCURRENCY, stop=stop)
+                return after_round(dataset, result)  # compaction; the demo sends no notifications
+
             watch(
-                lambda: collect_round(client, dataset, selection, concurrency=DEMO_CONCURRENCY, stop=stop),
+                one_round,
                 interval=interval,
                 until_done=True,
                 stop=stop,

@@ -20,12 +20,14 @@ import hashlib
 import json
 import math
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+from .config import EVENT_KINDS
+from .rows import EventKind, EventRow, SnapshotRow
 from .schema import TERMINAL_STATUSES
-from .store import TaskState, same_value
+from .state import TaskState, same_value
 
-KINDS = ("status", "stall", "best_checkpoint")
+KINDS = EVENT_KINDS  # named in config, so that --help offers them without loading the store
 DEFAULT_STALL = timedelta(minutes=30)
 CONTEXT = ("job_id", "job_name", "model", "train_mode", "parameter_scale")
 METRICS = {"training_loss": 1, "perplexity": 0}  # metric -> index in TaskState.checkpoints values
@@ -36,23 +38,32 @@ def event_id(task_id: str, kind: str, *meaning: object) -> str:
     return hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - an identity, not a security measure
 
 
+class Derived(NamedTuple):
+    """What one describe brings about: its events, and the task's stall fields to keep in its new state."""
+
+    events: list[EventRow]
+    progress_since: datetime  # since when the task's status and progress have held
+    stall_reported: bool  # whether a stall was reported since then (so it is reported once)
+
+
 def derive(
     previous: TaskState | None,
     current: TaskState,
-    snapshot: dict[str, Any],
+    snapshot: SnapshotRow,
     *,
     stall_after: timedelta | None = DEFAULT_STALL,
     baseline: bool = False,
-) -> list[dict[str, Any]]:
-    """The events of one successful describe, as ``events`` rows. ``current`` is the state this describe leads
-    to (observed_at = the poll time); its stall fields are filled in here, from ``previous``."""
-    task_id: str = snapshot["task_id"]
+) -> Derived:
+    """The events of one successful describe, as ``events`` rows, and the stall fields of the state it leads to.
+    ``current`` is that state (observed_at = the poll time); its own stall fields are not read: they are what
+    this returns, worked out from ``previous``. Pure: nothing passed in is changed."""
+    task_id = snapshot["task_id"]
     at = current.observed_at
     assert at is not None
     context = {column: snapshot.get(column) for column in CONTEXT}
-    found: list[dict[str, Any]] = []
+    found: list[EventRow] = []
 
-    def add(kind: str, meaning: tuple[object, ...], details: dict[str, Any]) -> None:
+    def add(kind: EventKind, meaning: tuple[object, ...], details: dict[str, Any]) -> None:
         text = json.dumps({**details, **context}, ensure_ascii=False, sort_keys=True)
         found.append({"event_id": event_id(task_id, kind, *meaning), "task_id": task_id, "kind": kind,
                       "observed_at": at, "details": text})  # fmt: skip
@@ -64,11 +75,12 @@ def derive(
                                   "error_message": snapshot.get("error_message"),
                                   "finish_time": _iso(snapshot.get("finish_time"))})  # fmt: skip
 
-    if _stall(previous, current, stall_after):
-        assert current.progress_since is not None
+    since, reported = held_since(previous, current)
+    if not reported and _stalled(current, since, stall_after):
+        reported = True
         add("stall", (current.run_progress,), {"progress": current.run_progress,
-                                               "since": _iso(current.progress_since),
-                                               "minutes": round((at - current.progress_since).total_seconds() / 60, 1),
+                                               "since": _iso(since),
+                                               "minutes": round((at - since).total_seconds() / 60, 1),
                                                "threshold_minutes": _minutes(stall_after)})  # fmt: skip
 
     if previous is not None:
@@ -79,7 +91,7 @@ def derive(
                 add("best_checkpoint", (metric, new[0]), {"metric": metric, "step": new[0], "value": new[1],
                                                           "previous_best": old[1],
                                                           "previous_step": old[0]})  # fmt: skip
-    return found
+    return Derived(found, since, reported)
 
 
 def best(checkpoints: dict[int, tuple[float | None, float | None]], index: int) -> tuple[int, float] | None:
@@ -92,31 +104,30 @@ def best(checkpoints: dict[int, tuple[float | None, float | None]], index: int) 
     return step, value
 
 
-def _stall(previous: TaskState | None, current: TaskState, stall_after: timedelta | None) -> bool:
-    """Carry the time the current progress was first seen; True once per progress value that stalls."""
+def held_since(previous: TaskState | None, current: TaskState) -> tuple[datetime, bool]:
+    """Since when ``current``'s status and progress have held, and whether a stall was reported since then:
+    carried over from ``previous`` while neither moves, else from now on (``current.observed_at``)."""
     at = current.observed_at
     assert at is not None
-    unmoved = (
+    if (
         previous is not None
         and previous.run_status == current.run_status
         and same_value(previous.run_progress, current.run_progress)
-    )
-    if previous is not None and unmoved:
+    ):
         # State files from before stall events lack progress_since; the last change is a safe (later) bound.
-        current.progress_since = previous.progress_since or previous.observed_at or at
-        current.stall_reported = previous.stall_reported
-    else:
-        current.progress_since, current.stall_reported = at, False
-    if (
+        return previous.progress_since or previous.observed_at or at, previous.stall_reported
+    return at, False
+
+
+def _stalled(current: TaskState, since: datetime, stall_after: timedelta | None) -> bool:
+    """Whether a Running task's progress has held for longer than ``stall_after``."""
+    assert current.observed_at is not None
+    return not (
         stall_after is None
-        or current.stall_reported
         or current.run_status != "Running"
         or current.run_progress is None  # no progress reported: nothing to measure a stall by
-        or at - current.progress_since <= stall_after
-    ):
-        return False
-    current.stall_reported = True
-    return True
+        or current.observed_at - since <= stall_after
+    )
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -27,21 +27,23 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import PurePath
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 from urllib.parse import urlsplit
 
+import duckdb
 import pyarrow as pa
 import requests
 
 from . import transport
+from .config import NOTIFY_FORMATS, settings
 from .errors import ConfigError, DataError
 from .redact import redact
-from .schema import TABLES
 from .store import Dataset
+from .views import connect, fetch
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "json", "markdown", "dingtalk", "feishu")
+FORMATS = NOTIFY_FORMATS  # named in config, so that --help offers them without loading the notifier
 # Chat services whose robots take a fixed message shape; any other host gets the event as JSON.
 CHAT_HOSTS = {
     "qyapi.weixin.qq.com": "markdown",
@@ -71,7 +73,17 @@ class Outcome:
 class Target(Protocol):
     key: str  # how the deliveries table names the target: never a URL, which may carry a token
 
-    def send(self, event: dict[str, Any], timeout: float, session: requests.Session) -> Outcome: ...
+    def send(self, event: Event, timeout: float, session: requests.Session) -> Outcome: ...
+
+
+class Event(TypedDict):
+    """An event as the ``events`` view shows it (its first sighting), ``details`` parsed from its JSON text."""
+
+    event_id: str
+    task_id: str
+    kind: str
+    at: datetime
+    details: dict[str, Any]
 
 
 def _short_hash(text: str) -> str:
@@ -94,7 +106,7 @@ class Webhook:
     def __repr__(self) -> str:
         return f"Webhook({self.key}, {self.format})"
 
-    def send(self, event: dict[str, Any], timeout: float, session: requests.Session) -> Outcome:
+    def send(self, event: Event, timeout: float, session: requests.Session) -> Outcome:
         body = json.dumps(payload(event, self.format), ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json; charset=utf-8"}
         try:
@@ -141,7 +153,7 @@ class Command:
     def __repr__(self) -> str:
         return f"Command({self.key})"
 
-    def send(self, event: dict[str, Any], timeout: float, session: requests.Session) -> Outcome:
+    def send(self, event: Event, timeout: float, session: requests.Session) -> Outcome:
         data = json.dumps(payload(event, "json"), ensure_ascii=False).encode()
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}  # the API keys stay with ftlog
         try:
@@ -165,8 +177,6 @@ def targets_from(
 ) -> list[Target]:
     """The targets named on the command line or, when it names none, those of ``FTLOG_NOTIFY`` (URLs separated
     by spaces) and ``FTLOG_NOTIFY_COMMAND`` (one command) in ``env``; ``FTLOG_NOTIFY_FORMAT`` unless ``fmt``."""
-    from .client import settings  # the environment over .env, as for every other setting
-
     env = settings() if env is None else env
     if not (urls or commands):
         urls = env.get("FTLOG_NOTIFY", "").split()
@@ -179,7 +189,7 @@ def targets_from(
 # -- payloads ------------------------------------------------------------------------------------------------
 
 
-def payload(event: dict[str, Any], fmt: str) -> dict[str, Any]:
+def payload(event: Event, fmt: str) -> dict[str, Any]:
     """The request body for ``fmt``: the event itself ("json"), or a chat robot's message."""
     title, lines = describe(event)
     if fmt == "markdown":  # WeCom-style robots
@@ -198,7 +208,7 @@ def _markdown(title: str, lines: list[str], separator: str = "\n") -> str:
     return f"**{title}**\n\n" + separator.join(f"> {line}" for line in lines)
 
 
-def describe(event: dict[str, Any]) -> tuple[str, list[str]]:
+def describe(event: Event) -> tuple[str, list[str]]:
     """A one-line title and a few lines of context, for people reading a chat."""
     d, task = event["details"], event["task_id"]
     kind = event["kind"]
@@ -253,8 +263,12 @@ class Notifier:
         started = time.monotonic()
         report = DeliveryReport()
         cutoff = now() - self.max_age
-        events = recent_events(dataset, cutoff, tasks)
-        done = delivered(dataset, cutoff)
+        con = connect(dataset)
+        try:
+            events = recent_events(con, cutoff, tasks)
+            done = delivered(con, cutoff)
+        finally:
+            con.close()
         pending = {t.key: [e for e in events if (t.key, e["event_id"]) not in done] for t in self.targets}
         queues = {t.key: deque(pending[t.key][: self.max_per_round]) for t in self.targets}
         failures: list[dict[str, Any]] = []
@@ -288,9 +302,7 @@ class Notifier:
     def _left(self, started: float) -> float:
         return self.deadline - (time.monotonic() - started)
 
-    def _send(
-        self, target: Target, event: dict[str, Any], session: requests.Session, started: float
-    ) -> tuple[Outcome, int]:
+    def _send(self, target: Target, event: Event, session: requests.Session, started: float) -> tuple[Outcome, int]:
         outcome = Outcome(False, error="no time left in this round")
         for attempt in range(1, self.attempts + 1):
             outcome = target.send(event, max(0.05, min(self.timeout, self._left(started))), session)
@@ -312,38 +324,29 @@ class Notifier:
 # -- reading events and deliveries ---------------------------------------------------------------------------
 
 
-def recent_events(dataset: Dataset, since: datetime, tasks: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Events at or after ``since``, oldest first, once per event_id (its earliest sighting, as in the view),
-    with ``details`` parsed."""
-    wanted = set(tasks) if tasks is not None else None
-    first: dict[str, dict[str, Any]] = {}
-    for row in _read_since(dataset, "events", since):
-        if row["observed_at"] < since or (wanted is not None and row["task_id"] not in wanted):
-            continue
-        seen = first.get(row["event_id"])
-        if seen is None or (row["observed_at"], row["details"]) < (seen["observed_at"], seen["details"]):
-            first[row["event_id"]] = row
-    events = sorted(first.values(), key=lambda e: (e["observed_at"], e["event_id"]))
-    return [{**e, "at": e.pop("observed_at"), "details": json.loads(e["details"])} for e in events]
+# Through the views (a connection from ftlog.connect), like every reader: they keep an event's first sighting,
+# skip damaged files, and read again when a compaction removes a file meanwhile.
 
 
-def delivered(dataset: Dataset, since: datetime) -> set[tuple[str, str]]:
-    """``(target, event_id)`` of every delivery recorded since ``since``."""
-    rows = _read_since(dataset, "deliveries", since)
-    return {(r["target"], r["event_id"]) for r in rows if r["outcome"] == "delivered"}
+def recent_events(con: duckdb.DuckDBPyConnection, since: datetime, tasks: Iterable[str] | None = None) -> list[Event]:
+    """Events of the ``events`` view at or after ``since`` (of ``tasks`` only, when given), oldest first."""
+    where = '"at" >= ?'
+    params: list[Any] = [since]
+    if tasks is not None:
+        where += " AND task_id IN (SELECT unnest(?::VARCHAR[]))"
+        params.append(list(tasks))
+    sql = f'SELECT event_id, task_id, kind, "at", details FROM events WHERE {where} ORDER BY "at", event_id'
+    rows = fetch(con, sql, params).to_pylist()
+    return [{"event_id": row["event_id"], "task_id": row["task_id"], "kind": row["kind"], "at": row["at"],
+             "details": json.loads(row["details"])} for row in rows]  # fmt: skip
 
 
-def _read_since(dataset: Dataset, name: str, since: datetime) -> list[dict[str, Any]]:
-    """Rows of the date partitions from ``since`` on, through the dataset's filesystem (local or object store).
-    A file that compaction removed between listing and reading means: list again (its rows are in the merged
-    file, written before the sources were deleted). A damaged file is skipped with a warning, as every reader does."""
-    day = since.astimezone(timezone.utc).date().isoformat()
-    for _ in range(5):
-        paths = sorted(info.path for d, infos in dataset.partitions(name).items() if d >= day for info in infos)
-        try:
-            tables = [table for path in paths if (table := dataset.read_usable(path, name)) is not None]
-        except FileNotFoundError:
-            continue
-        rows: list[dict[str, Any]] = pa.concat_tables([TABLES[name].empty_table(), *tables]).to_pylist()
-        return rows
-    raise DataError(f"{name} kept changing while being read; try again")
+def delivered(con: duckdb.DuckDBPyConnection, since: datetime) -> set[tuple[str, str]]:
+    """``(target, event_id)`` of every delivery recorded of an event at or after ``since``."""
+    rows = fetch(
+        con,
+        """SELECT DISTINCT target, event_id FROM deliveries
+           WHERE outcome = 'delivered' AND event_id IN (SELECT event_id FROM events WHERE "at" >= ?)""",
+        [since],
+    )
+    return set(zip(rows.column("target").to_pylist(), rows.column("event_id").to_pylist(), strict=True))

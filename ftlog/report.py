@@ -352,7 +352,7 @@ def write_report(
         # Claimed before anything is written: a report killed halfway leaves a folder the next one knows as its own.
         _write_manifest(out, claimed)
         # One connection for every helper: the report reads one consistent view of the dataset.
-        with analysis._connection(source) as con:
+        with analysis.connection(source) as con:
             latest = analysis.tasks(con, tasks=tasks, jobs=jobs)
             if not latest.empty:
                 _fill(context, con, out, latest, jobs=jobs, tasks=tasks, by=by, ema=ema, now=moment)

@@ -1,34 +1,21 @@
-"""API payload -> typed rows, and the declared pyarrow schemas of every table.
+"""The tables of the dataset, one record each (``TABLES``): declared pyarrow schema, time column, natural key,
+which row of a key the views keep, columns added later. Writers, readers, compaction, ``ftlog check`` and the views
+all take their rules from here; the SQL that applies a rule is generated here too, so each rule is written once.
 
-Normalisation never raises: a value of the wrong type becomes NULL while the raw JSON keeps what was received.
+API payloads become rows in ``ftlog/normalise.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
 
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
-METRIC_COLUMNS = {"BLEU-4": "bleu_4", "ROUGE-1": "rouge_1", "ROUGE-2": "rouge_2", "ROUGE-L": "rouge_l"}
-STRING_FIELDS = {
-    "job_id": "jobId",
-    "job_name": "jobName",
-    "job_description": "jobDescription",
-    "model": "model",
-    "train_mode": "trainMode",
-    "parameter_scale": "parameterScale",
-    "run_status": "runStatus",
-    "vdl_link": "vdlLink",
-    "error_message": "errorMessage",
-}
+# A summary of an answer's checkpoints that each snapshot carries (normalise.curve_summary), so that compare()
+# need not read every checkpoint.
+CURVE_SUMMARY = ("last_step", "final_loss", "best_loss", "final_perplexity", "best_perplexity")
 
 SNAPSHOTS = pa.schema(
     [
@@ -52,7 +39,7 @@ SNAPSHOTS = pa.schema(
         ("rouge_l", pa.float64()),
         ("metrics", pa.list_(pa.struct([("metric", pa.string()), ("value", pa.float64())]))),
         ("checkpoint_count", pa.int32()),
-        # A summary of this answer's checkpoints (CURVE_SUMMARY), so that compare() need not read every checkpoint
+        # CURVE_SUMMARY
         ("last_step", pa.int64()),
         ("final_loss", pa.float64()),
         ("best_loss", pa.float64()),
@@ -112,178 +99,71 @@ DELIVERIES = pa.schema(
         ("error", pa.string()),
     ]
 )
-TABLES: dict[str, pa.Schema] = {"snapshots": SNAPSHOTS, "checkpoints": CHECKPOINTS, "polls": POLLS,
-                                "events": EVENTS, "deliveries": DELIVERIES}  # fmt: skip
-TIME_COLUMNS = {"snapshots": "observed_at", "checkpoints": "observed_at", "polls": "polled_at", "events": "observed_at",
-                "deliveries": "attempted_at"}  # fmt: skip
-
-INT64_MAX = 2**63 - 1
-_NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*%?\s*$")
-_ZERO_TIMES = {"0000-00-00T00:00:00Z", "0000-00-00 00:00:00", "0000-00-00T00:00:00", "0000-00-00"}
 
 
-def as_number(value: Any) -> float | None:
-    """``"99%"`` -> 99.0, ``"16.56%"`` -> 16.56, ``"43.07"`` -> 43.07, ``7`` -> 7.0; anything else -> None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        number = _float(value)
-    elif isinstance(value, str) and (match := _NUMBER.match(value)):
-        number = float(match.group(1))
-    else:
-        return None
-    return number if number is not None and math.isfinite(number) else None
+@dataclass(frozen=True)
+class Table:
+    """One table of the dataset, and the rules every writer and reader of it follows."""
+
+    name: str
+    schema: pa.Schema  # declared, never inferred from a batch
+    time_column: str  # its UTC date names a row's partition; compaction sorts by it
+    # Rows equal on these are one row stored twice (overlapping collectors, an interrupted compaction): the views
+    # and compaction keep one, `ftlog check` reports the repeats.
+    natural_key: tuple[str, ...]
+    # The row that stands for each value of `one_per` (a task's latest snapshot, a checkpoint's latest value, an
+    # event's first sighting) is the first in the SQL order `first_by`; empty: every distinct row stands alone.
+    one_per: tuple[str, ...] = ()
+    first_by: tuple[str, ...] = ()
+    # Declared after files of the table were first written: older files lack them, and readers take them as NULL.
+    added_columns: tuple[str, ...] = ()
+
+    def distinct(self, source: str) -> str:
+        """SQL: the rows of ``source`` (a table expression), once per natural key."""
+        return f"SELECT DISTINCT ON ({', '.join(self.natural_key)}) * FROM {source}"
+
+    def rank(self) -> str:
+        """SQL window expression over rows of this table: 1 for the row that stands for its ``one_per``, 2 and on
+        for the rows it outranks."""
+        return f"row_number() OVER (PARTITION BY {', '.join(self.one_per)} ORDER BY {', '.join(self.first_by)})"
+
+    def first(self, value: str, *, where: str | None = None) -> str:
+        """SQL aggregate over rows grouped by ``one_per``: ``value`` (an expression, e.g. a :func:`struct` of
+        columns, or a table alias for the whole row) of the row that :meth:`rank` ranks 1, among the rows that match
+        ``where``. One ``arg_min`` over a sort key instead of a window, which would sort every row: the ``curves``
+        view and ``analysis.compare`` depend on the speed."""
+        key = ", ".join(f"'k{i}': {self._ascending(term)}" for i, term in enumerate(self.first_by))
+        aggregate = f"arg_min({value}, {{{key}}})"
+        return f"{aggregate} FILTER (WHERE {where})" if where else aggregate
+
+    def _ascending(self, term: str) -> str:
+        """A term of ``first_by`` as a value that sorts ascending: arg_min takes no direction."""
+        column, _, direction = term.partition(" ")
+        if direction.upper() != "DESC":
+            return column
+        if self.schema.field(column).type != TS:
+            raise ValueError(f"{self.name}: cannot rank by {term} with arg_min")  # pragma: no cover - a declaration
+        return f"-epoch_us({column})"
 
 
-def _float(value: int | float) -> float | None:
-    try:
-        return float(value)
-    except OverflowError:  # an integer too large for a double
-        return None
+def struct(columns: tuple[str, ...] | list[str]) -> str:
+    """SQL: a struct of ``columns`` under their own names, for :meth:`Table.first`."""
+    return "{" + ", ".join(f"'{column}': {column}" for column in columns) + "}"
 
 
-def as_time(value: Any) -> datetime | None:
-    """ISO-8601 UTC text (``Z``, an offset, or naive meaning UTC) -> aware datetime; the zero sentinel -> None."""
-    if not isinstance(value, str) or not value.strip() or value.strip() in _ZERO_TIMES:
-        return None
-    text = value.strip().replace(" ", "T", 1)
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.astimezone(timezone.utc)
-    except (ValueError, OverflowError):  # not a date, or an offset that moves it out of datetime's range
-        return None
-
-
-def as_text(value: Any) -> str | None:
-    return utf8(value) if isinstance(value, str) and value != "" else None
-
-
-def utf8(text: str) -> str:
-    """JSON may carry lone surrogates that Parquet (UTF-8 only) rejects; escape them instead of failing a write."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode()
-    return text
-
-
-def _as_step(value: Any) -> int | None:
-    step: int | None = None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        step = value
-    elif isinstance(value, float) and value.is_integer():
-        step = int(value)
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
-        step = int(value.strip())
-    # Beyond int64 the value cannot be stored, and would fail the whole write.
-    return step if step is not None and -INT64_MAX <= step <= INT64_MAX else None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _as_float(value: Any) -> float | None:
-    """Checkpoint values keep NaN and inf: they are what a diverging run reports, and health checks flag them."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return _float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _first(result: dict[str, Any], *keys: str) -> Any:
-    return next((result[key] for key in keys if key in result), None)
-
-
-@dataclass
-class Normalised:
-    snapshot: dict[str, Any]
-    checkpoints: list[dict[str, Any]]  # every well-formed entry of checkpointList, in the order received
-
-
-def parse_checkpoints(value: Any) -> tuple[list[dict[str, Any]], bool]:
-    """Return the usable checkpoints and whether the whole list was well formed (a list of entries with an
-    integer step and numeric or missing values), i.e. whether ``checkpoints`` rows hold all of it."""
-    if not isinstance(value, list):
-        return [], False
-    rows = []
-    clean = True
-    for item in value:
-        step = _as_step(item.get("step")) if isinstance(item, dict) else None
-        if step is None:
-            clean = False
-            continue
-        perplexity, loss = item.get("perplexity"), item.get("trainingLoss")
-        rows.append({"step": step, "perplexity": _as_float(perplexity), "training_loss": _as_float(loss)})
-        clean = clean and isinstance(item["step"], int) and all(v is None or _is_number(v) for v in (perplexity, loss))
-    return rows, clean
-
-
-CURVE_SUMMARY = ("last_step", "final_loss", "best_loss", "final_perplexity", "best_perplexity")
-# Columns declared after files of their table were first written: older files lack them and read them as NULL.
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"snapshots": CURVE_SUMMARY, "checkpoints": ("superseded",)}
-
-
-def curve_summary(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """``last_step``, ``final_*`` (the value at the last step that has one) and ``best_*`` (the lowest finite value)
-    of training loss and perplexity; a step repeated in one answer counts once, its last entry, as stored."""
-    latest = {point["step"]: point for point in points}
-    summary: dict[str, Any] = {"last_step": max(latest, default=None)}
-    for key, name in (("training_loss", "loss"), ("perplexity", "perplexity")):
-        values = [(step, point[key]) for step, point in latest.items() if point[key] is not None]
-        summary[f"final_{name}"] = max(values, key=lambda pair: pair[0])[1] if values else None
-        summary[f"best_{name}"] = min((v for _, v in values if math.isfinite(v)), default=None)
-    return summary
-
-
-def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, request_id: str | None) -> Normalised:
-    """One DescribeFineTuningTask result -> a snapshot row and its checkpoint rows. Never raises."""
-    checkpoints, clean = parse_checkpoints(result.get("checkpointList"))
-    # checkpointList lives in its own table; keep it in raw only when part of it could not be parsed.
-    kept = {k: v for k, v in result.items() if k != "checkpointList" or not clean}
-    raw = utf8(json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str))
-    row: dict[str, Any] = {"task_id": as_text(result.get("taskId")) or task_id}
-    for column, key in STRING_FIELDS.items():
-        row[column] = as_text(result.get(key))
-    row["run_progress"] = as_number(result.get("runProgress"))
-    row["create_time"] = as_time(_first(result, "createTime", "createDate"))
-    row["finish_time"] = as_time(_first(result, "finishTime", "finishDate"))
-    code = result.get("errorCode")
-    row["error_code"] = (
-        utf8(str(code)) if isinstance(code, (int, str)) and not isinstance(code, bool) and code != "" else None
+TABLES: dict[str, Table] = {
+    table.name: table
+    for table in (
+        Table("snapshots", SNAPSHOTS, "observed_at", natural_key=("task_id", "observed_at", "state_hash"),
+              one_per=("task_id",), first_by=("observed_at DESC", "state_hash"), added_columns=CURVE_SUMMARY),
+        Table("checkpoints", CHECKPOINTS, "observed_at",
+              natural_key=("task_id", "step", "observed_at", "perplexity", "training_loss"),
+              one_per=("task_id", "step"), first_by=("observed_at DESC", "perplexity", "training_loss"),
+              added_columns=("superseded",)),
+        Table("polls", POLLS, "polled_at", natural_key=("poll_id",)),
+        # A later sighting of an event (another collector) is stored and kept by compaction; the view shows the first.
+        Table("events", EVENTS, "observed_at", natural_key=("event_id", "observed_at"),
+              one_per=("event_id",), first_by=("observed_at", "details")),
+        Table("deliveries", DELIVERIES, "attempted_at", natural_key=("event_id", "target", "attempted_at", "outcome")),
     )
-    metrics = result.get("metrics")
-    pairs = (
-        [{"metric": utf8(str(k)), "value": as_number(v)} for k, v in metrics.items()]
-        if isinstance(metrics, dict)
-        else []
-    )
-    for key, column in METRIC_COLUMNS.items():
-        row[column] = next((p["value"] for p in pairs if p["metric"] == key), None)
-    row["metrics"] = pairs or None
-    # Distinct steps: an answer may repeat a step, which the checkpoints table and view hold once.
-    row["checkpoint_count"] = len({point["step"] for point in checkpoints})
-    summary = curve_summary(checkpoints)
-    row.update(summary)
-    # The checkpoint values live in their own table, but their summary is part of the state: a value revised in
-    # place that moves the final or best value makes a new snapshot, so the latest snapshot's summary is current.
-    # The list length (not checkpoint_count) as ever: another input would make every stored task look changed once.
-    row["state_hash"] = hashlib.sha1(  # noqa: S324 - a fingerprint for change detection, not security
-        f"{raw}|{len(checkpoints)}|{sorted(summary.items())!r}".encode()
-    ).hexdigest()
-    row["observed_at"] = observed_at
-    row["request_id"] = request_id
-    row["raw"] = raw
-    return Normalised(row, checkpoints)
+}  # fmt: skip

@@ -3,7 +3,7 @@
 Layout (see DESIGN.md)::
 
     DATA/<table>/date=YYYY-MM-DD/<UTC time>-<random>.parquet   one immutable file per table per write
-    DATA/_state/tasks.parquet                                  last known state per task (a cache)
+    DATA/_state/<name>.parquet                                 the collector state, a cache (ftlog/state.py)
 
 Every write goes to a hidden ``.<name>.<random>.tmp`` name first and is renamed into place (on object stores a
 single PUT), so readers never see a partial file. Readers tolerate duplicates: the views de-duplicate on natural
@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,50 +29,18 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .compat import arrow
 from .errors import DataError
 from .redact import redact
-from .schema import ADDED_COLUMNS, TABLES, TIME_COLUMNS, TS
+from .schema import TABLES, TS
 
 log = logging.getLogger(__name__)
 
-STATE = pa.schema(
-    [
-        ("task_id", pa.string()),
-        ("state_hash", pa.string()),
-        ("run_status", pa.string()),
-        ("run_progress", pa.float64()),
-        ("observed_at", TS),
-        (
-            "checkpoints",
-            pa.list_(pa.struct([("step", pa.int64()), ("perplexity", pa.float64()), ("training_loss", pa.float64())])),
-        ),
-        ("progress_since", TS),  # when the current run_progress was first seen (stall events)
-        ("stall_reported", pa.bool_()),
-    ]
-)
-POINT = ("step", "perplexity", "training_loss")  # the fields of a STATE checkpoint
-_STATE_DICTIONARY = ["task_id", "state_hash", "run_status"]
+STATE_DIR = "_state"  # the collector state files (ftlog/state.py): hidden from readers by the "_"
 OPEN_PARTITION_MAX_FILES = 48  # compact today's partition too once it holds this many files
 STALE_TMP = timedelta(hours=1)
 DATA_FILES = "[!._]*.parquet"  # a partition's data files: like Hive and pyarrow, skip names starting "_" or "."
 MAX_LISTINGS = 5  # listings of a table until none of its files vanishes before it is read
-
-
-@dataclass
-class TaskState:
-    state_hash: str | None
-    run_status: str | None
-    run_progress: float | None
-    observed_at: datetime | None
-    checkpoints: dict[int, tuple[float | None, float | None]]
-    progress_since: datetime | None = None  # NULL in state files written before stall events existed
-    stall_reported: bool = False
-
-
-def same_value(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -89,14 +55,14 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def schema_mismatch(found: pa.Schema, name: str) -> str | None:
     """How a file's columns differ from table ``name``'s declared schema (``None``: they do not). A file that
     differs is one no reader uses and ``ftlog check --repair`` quarantines: a column of another type, a column not
-    declared, or a declared column missing, unless it was declared later (``ADDED_COLUMNS``: older files lack it,
+    declared, or a declared column missing, unless it was declared later (``Table.added_columns``: older files lack it,
     and readers take it as NULL)."""
-    declared = TABLES[name]
+    declared = TABLES[name].schema
     issues = []
     for wanted in declared:
         index = found.get_field_index(wanted.name)
         if index < 0:
-            if wanted.name not in ADDED_COLUMNS.get(name, ()):
+            if wanted.name not in TABLES[name].added_columns:
                 issues.append(f"{wanted.name} is missing")
         elif not found.field(index).type.equals(wanted.type):
             issues.append(f"{wanted.name} is {found.field(index).type}, expected {wanted.type}")
@@ -124,58 +90,6 @@ def warn_skipped(path: str, why: str) -> None:
     if path not in _WARNED:
         _WARNED.add(path)
         log.warning("skipping %s (%s); `ftlog check --repair` moves it to _quarantine/", path, why)
-
-
-class State(Mapping[str, TaskState]):
-    """The collector state as an Arrow table (schema ``STATE``), read as a mapping task_id -> TaskState.
-
-    A task's TaskState, its checkpoints a dict, is built only when asked for and not kept: as Python objects a
-    million checkpoints take over 300 MB, as Arrow columns about 25 MB.
-    """
-
-    def __init__(self, table: pa.Table | None = None) -> None:
-        # One chunk per column, so that a row number finds a task's values (no copy for a file's single chunk).
-        self.table = (STATE.empty_table() if table is None else conform(table, STATE)).combine_chunks()
-        self._columns = {name: self.table.column(name).combine_chunks() for name in STATE.names}
-        # A task listed twice (never written so, but tolerated) reads as its last row, as a dict would.
-        self._rows = {task_id: row for row, task_id in enumerate(self._columns["task_id"].to_pylist())}
-
-    def __getitem__(self, task_id: str) -> TaskState:
-        row = self._rows[task_id]
-        state_hash, status, progress, observed_at, since, stalled = (
-            self._columns[name][row].as_py()
-            for name in ("state_hash", "run_status", "run_progress", "observed_at", "progress_since", "stall_reported")
-        )
-        points = self._columns["checkpoints"][row].values  # this task's checkpoints, None for a NULL list
-        steps, perplexity, loss = ([] if points is None else points.field(name).to_pylist() for name in POINT)
-        checkpoints = dict(zip(steps, zip(perplexity, loss, strict=True), strict=True))
-        return TaskState(state_hash, status, progress, observed_at, checkpoints, since, bool(stalled))
-
-    def __contains__(self, task_id: object) -> bool:
-        return task_id in self._rows
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rows)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-
-def state_row(task_id: str, state: TaskState) -> dict[str, Any]:
-    """One ``STATE`` row, checkpoints in step order."""
-    return {
-        "task_id": task_id,
-        "state_hash": state.state_hash,
-        "run_status": state.run_status,
-        "run_progress": state.run_progress,
-        "observed_at": state.observed_at,
-        "checkpoints": [
-            {"step": step, "perplexity": p, "training_loss": loss}
-            for step, (p, loss) in sorted(state.checkpoints.items())
-        ],
-        "progress_since": state.progress_since,
-        "stall_reported": state.stall_reported,
-    }
 
 
 class Rows:
@@ -228,7 +142,6 @@ class Dataset:
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         self.scheme = "" if self.is_local else text.split("://", 1)[0]
-        self.state_name = "tasks"
         self._duckdb_fs: Any = None
 
     def __repr__(self) -> str:
@@ -269,7 +182,7 @@ class Dataset:
 
     def write_table(self, name: str, table: pa.Table, partition: date, now: datetime) -> str:
         buffer = io.BytesIO()
-        pq.write_table(conform(table, TABLES[name]), buffer, compression="zstd")
+        pq.write_table(conform(table, TABLES[name].schema), buffer, compression="zstd")
         file_name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.path(name, f"date={partition.isoformat()}", file_name)
         self.write_bytes(path, buffer.getvalue())
@@ -277,13 +190,13 @@ class Dataset:
 
     def append(self, name: str, rows: list[dict[str, Any]], now: datetime) -> list[str]:
         """Write rows as one new file per UTC date they fall on; return the paths written."""
-        return self.append_table(name, pa.Table.from_pylist(rows, schema=TABLES[name]), now) if rows else []
+        return self.append_table(name, pa.Table.from_pylist(rows, schema=TABLES[name].schema), now) if rows else []
 
     def append_table(self, name: str, table: pa.Table, now: datetime) -> list[str]:
         """:meth:`append` for rows already in an Arrow table."""
         if not len(table):
             return []
-        days = pc.cast(table.column(TIME_COLUMNS[name]).cast(TS), pa.date32())  # TS is UTC, so UTC dates
+        days = pc.cast(table.column(TABLES[name].time_column).cast(TS), pa.date32())  # TS is UTC, so UTC dates
         found = sorted(pc.unique(days).to_pylist())
         return [
             self.write_table(name, table if len(found) == 1 else table.filter(pc.equal(days, day)), day, now)
@@ -326,9 +239,9 @@ class Dataset:
         return sorted(info.path for infos in self.partitions(name).values() for info in infos)
 
     def read_table(self, path: str, name: str) -> pa.Table:
-        return conform(pq.read_table(path, filesystem=self.fs), TABLES[name])
+        return conform(pq.read_table(path, filesystem=self.fs), TABLES[name].schema)
 
-    # The views, compaction and notifications decide with the two methods below whether a data file can serve as
+    # The views (and so every reader) and compaction decide with the two methods below whether a data file can serve as
     # its table; `ftlog check` judges by the same schema_mismatch, so what it quarantines is what readers skip.
     def usable(self, path: str, name: str) -> bool:
         """Whether readers can use the data file ``path`` of table ``name``: its footer reads and its columns are
@@ -357,7 +270,7 @@ class Dataset:
         if mismatch:
             warn_skipped(path, mismatch)
             return None
-        return conform(table, TABLES[name])
+        return conform(table, TABLES[name].schema)
 
     def _unusable(self, path: str, exc: BaseException) -> bool:
         if isinstance(exc, FileNotFoundError):
@@ -406,77 +319,6 @@ class Dataset:
             self._duckdb_fs = _duckdb_filesystem(self.fs, self.scheme)
         con.register_filesystem(self._duckdb_fs)
 
-    # -- collector state --------------------------------------------------------------------------------------
-    def state_path(self) -> str:
-        """Sharded collectors keep one state file each, so they never overwrite each other's."""
-        return self.path("_state", f"{self.state_name}.parquet")
-
-    def load_state(self) -> State:
-        """The last known state of every task, read from the state file: its cost follows the number of tasks,
-        not the length of history. A missing or unreadable file is rebuilt from the dataset and saved again."""
-        try:
-            return State(self._read_state())
-        except FileNotFoundError:
-            return self._rebuild_state()
-        except (OSError, pa.ArrowException) as exc:
-            log.warning("collector state %s is unreadable (%s); rebuilding it from the dataset", self.state_path(), exc)
-            return self._rebuild_state()
-
-    def save_state(self, changes: pa.Table, *, create: bool = True) -> None:
-        """Merge ``changes`` (``STATE`` rows) into the state file as it is now, which another collector may have
-        replaced meanwhile (newest observation per task wins), and replace it atomically.
-
-        Without a readable file, ``changes`` alone become the state if ``create``; otherwise the file is left as it
-        is, for the next :meth:`load_state` to rebuild from the data (which holds this round's rows by then): a
-        collector that read a state file must not turn one removed meanwhile (``ftlog check --repair``) into a
-        state that lacks every task this round left unchanged."""
-        try:
-            base = self._read_state()
-        except (OSError, pa.ArrowException) as exc:
-            if not create:
-                return
-            if not isinstance(exc, FileNotFoundError):
-                log.warning("collector state %s is unreadable (%s); replacing it", self.state_path(), exc)
-            base = STATE.empty_table()
-        self._write_state(_merge_states(base, conform(changes, STATE)))
-
-    def _read_state(self) -> pa.Table:
-        # In one read: other collectors replace this file while it is read, and reopening it by name halfway
-        # (as reading by path does) would mix the old file's footer with the new file's pages.
-        try:
-            with self.fs.open_input_file(self.state_path()) as source:
-                content = source.read()
-        except PermissionError as exc:
-            # Not damage: rebuilding over a file this process may not read would hide what needs fixing.
-            raise DataError(f"cannot read {self.state_path()}: {reason(exc)}") from None
-        return conform(pq.read_table(pa.BufferReader(content)), STATE)
-
-    def _rebuild_state(self) -> State:
-        # Saved right away: otherwise a round that changes nothing would leave the file missing, and every later
-        # round would scan the whole history again.
-        table = self._state_from_history()
-        if len(table):
-            self._write_state(table)
-        return State(table)
-
-    def _write_state(self, table: pa.Table) -> None:
-        buffer = io.BytesIO()
-        # Dictionaries only where values repeat: for checkpoint values the writer would build and drop them.
-        pq.write_table(conform(table, STATE), buffer, compression="zstd", use_dictionary=_STATE_DICTIONARY)
-        self.write_bytes(self.state_path(), buffer.getvalue())
-
-    def _state_from_history(self) -> pa.Table:
-        """Rebuild the cache from stored rows: needed only when the state file is missing or unreadable."""
-        if not self.files("snapshots"):
-            return STATE.empty_table()
-        from .views import connect, fetch  # local import: views depend on this module
-
-        con = connect(self)
-        try:
-            return conform(fetch(con, _REBUILD_STATE), STATE)
-        finally:
-            con.close()
-
     # -- maintenance ------------------------------------------------------------------------------------------
     def compact(
         self, now: datetime | None = None, *, open_max_files: int = OPEN_PARTITION_MAX_FILES, upgrade: bool = False
@@ -485,7 +327,7 @@ class Dataset:
 
         The merged file is written before the sources are deleted, so a reader sees every row at every moment
         (sometimes twice, which the views absorb). With ``upgrade``, a partition holding a file written before a
-        column was declared (``schema.ADDED_COLUMNS``) is rewritten too, even alone or today's, so it gains the
+        column was declared (``Table.added_columns``) is rewritten too, even alone or today's, so it gains the
         column (this reads every file's footer, so the collector's own compaction leaves it out). Returns the
         number of files removed.
         """
@@ -507,7 +349,7 @@ class Dataset:
             names = pq.read_schema(path, filesystem=self.fs).names
         except (OSError, pa.ArrowException):
             return False  # vanished or unreadable: nothing to upgrade here (``ftlog check`` reports the latter)
-        return any(column not in names for column in ADDED_COLUMNS.get(name, ()))
+        return any(column not in names for column in TABLES[name].added_columns)
 
     def _merge(self, name: str, day: str, paths: list[str], now: datetime) -> int:
         tables = []
@@ -558,56 +400,19 @@ class Dataset:
             self.fs.delete_file(path)
 
 
-# The stall fields as the collector keeps them: since when the latest status and progress have held (where the
-# last run of equal values starts), and whether a stall was reported since then.
-_REBUILD_STATE = """
-    WITH moves AS (
-        SELECT task_id, max(observed_at) AS progress_since FROM (
-            SELECT task_id, observed_at, (run_status, run_progress) IS DISTINCT FROM
-                   lag((run_status, run_progress)) OVER (PARTITION BY task_id ORDER BY observed_at) AS moved
-            FROM snapshots
-        ) WHERE moved GROUP BY task_id
-    ), known AS (
-        SELECT t.task_id, t.state_hash, t.run_status, t.run_progress, t.observed_at, m.progress_since,
-               EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.task_id AND e.kind = 'stall'
-                       AND e."at" >= m.progress_since) AS stall_reported
-        FROM tasks t LEFT JOIN moves m USING (task_id)
-    ), points AS (
-        SELECT task_id, list(struct_pack(step, perplexity, training_loss) ORDER BY step) AS checkpoints
-        FROM checkpoints GROUP BY task_id
-    )
-    SELECT task_id, k.state_hash, k.run_status, k.run_progress, k.observed_at,
-           coalesce(p.checkpoints, []) AS checkpoints, k.progress_since,
-           coalesce(k.stall_reported, false) AS stall_reported
-    FROM known k FULL JOIN points p USING (task_id)
-"""
-NATURAL_KEYS = {
-    "snapshots": "task_id, observed_at, state_hash",
-    "checkpoints": "task_id, step, observed_at, perplexity, training_loss",
-    "polls": "poll_id",
-    "events": "event_id, observed_at",  # a later sighting (another collector) is kept; the view shows the first
-    "deliveries": "event_id, target, attempted_at, outcome",
-}
-
-
 def dedupe(name: str, table: pa.Table) -> pa.Table:
     """Drop rows repeated on the table's natural key, sorted by time (used by compaction)."""
+    declared = TABLES[name]
     con = duckdb.connect()
     try:
         con.register("t", table)
-        time_column = TIME_COLUMNS[name]
-        sql = f"SELECT DISTINCT ON ({NATURAL_KEYS[name]}) * FROM t ORDER BY {NATURAL_KEYS[name]}, {time_column}"
-        if name == "checkpoints":  # mark every value of a step but its latest, which the checkpoints view relies on
-            sql = f"""SELECT * REPLACE (row_number() OVER (PARTITION BY task_id, step
-                                        ORDER BY observed_at DESC, perplexity, training_loss) > 1 AS superseded)
-                      FROM ({sql})"""
-        relation = con.sql(sql)
-        # fetch_arrow_table() warns as deprecated from DuckDB 1.4 on, where to_arrow_table() replaces it
-        fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
-        result = fetch()
+        sql = f"{declared.distinct('t')} ORDER BY {', '.join(declared.natural_key)}, {declared.time_column}"
+        if "superseded" in declared.schema.names:  # mark every row but the one that stands, as the view relies on
+            sql = f"SELECT * REPLACE ({declared.rank()} > 1 AS superseded) FROM ({sql})"
+        result = arrow(con.sql(sql))
     finally:
         con.close()
-    return conform(result.sort_by([("task_id", "ascending"), (TIME_COLUMNS[name], "ascending")]), TABLES[name])
+    return conform(result.sort_by([("task_id", "ascending"), (declared.time_column, "ascending")]), declared.schema)
 
 
 def _redact(location: str) -> str:
@@ -626,20 +431,9 @@ def _duckdb_filesystem(fs: pafs.FileSystem, scheme: str) -> Any:
     return ObjectStore(fs)
 
 
-def _merge_states(base: pa.Table, changes: pa.Table) -> pa.Table:
-    """``base`` with each task's row replaced by its row in ``changes``, unless ``base`` observed the task later."""
-    at = pc.index_in(changes.column("task_id"), value_set=base.column("task_id"))
-    before = pc.take(base.column("observed_at"), at)
-    # Null ``before``: a task new to ``base``, or a row without a time; both give way, as does an equal time.
-    wins = pc.or_kleene(pc.is_null(before), pc.greater_equal(changes.column("observed_at"), before))
-    changes = changes.filter(pc.fill_null(wins, False))
-    kept = base.filter(pc.invert(pc.is_in(base.column("task_id"), value_set=changes.column("task_id"))))
-    return pa.concat_tables([kept, changes])
-
-
 # A dataset is a folder (or object-store prefix) holding at least one of these: a table folder or the collector
 # state. The quarantine of `ftlog check --repair` alone is no dataset.
-DATASET_FOLDERS = (*TABLES, "_state")
+DATASET_FOLDERS = (*TABLES, STATE_DIR)
 
 
 def require_dataset(data: str | Path | Dataset, *, create: bool = False) -> Dataset:

@@ -2,7 +2,8 @@
 
 Every view de-duplicates on natural keys, so duplicate rows from overlapping collectors or an interrupted
 compaction never show: a snapshot identical to the task's previous one is dropped, a checkpoint keeps its latest
-value per (task_id, step), a poll appears once per poll_id.
+value per (task_id, step), a poll appears once per poll_id. The keys and which row stands for each are declared
+once, in ``schema.TABLES``, and the SQL that applies them is generated there.
 """
 
 from __future__ import annotations
@@ -14,51 +15,47 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
+from .compat import arrow, lambda_sql
 from .errors import DataError, QueryError
-from .schema import CURVE_SUMMARY, TABLES
+from .schema import CURVE_SUMMARY, TABLES, struct
 from .store import Dataset
 
 T = TypeVar("T")
-# DuckDB 1.3 brought ``lambda c: ...``; 2.0 rejects the older ``c -> ...``.
-_LAMBDA = "lambda c:" if tuple(int(p) for p in duckdb.__version__.split(".")[:2]) >= (1, 3) else "c ->"
 VANISHED_RETRIES = 5
+SNAPSHOTS, CHECKPOINTS, EVENTS = TABLES["snapshots"], TABLES["checkpoints"], TABLES["events"]
 
 # The attributes a curve is grouped by, per task as its latest snapshot holds them. Straight from the stored rows
-# (a repeat of a state carries the same values), which spares the window functions of the tasks view.
+# (a repeat of a state carries the same values), which spares the snapshots view's window function.
 CURVE_ATTRIBUTES = ("job_id", "job_name", "model", "train_mode", "parameter_scale")
 TASK_ATTRIBUTES = f"""
-    SELECT task_id, unnest(arg_min(
-        {{{", ".join(f"'{c}': {c}" for c in CURVE_ATTRIBUTES)}}},
-        {{'at': -epoch_us(observed_at), 'hash': state_hash}}  -- the latest; ties broken as the tasks view does
-    )) FROM _snapshots GROUP BY task_id
+    SELECT task_id, unnest({SNAPSHOTS.first(struct(CURVE_ATTRIBUTES))}) FROM _snapshots GROUP BY task_id
 """
+
+_SNAPSHOT_COLUMNS = lambda_sql("c", f"c NOT IN ('prev_hash', {', '.join(repr(c) for c in CURVE_SUMMARY)})")
 
 # name -> SQL. Sources are the raw tables ``_snapshots``, ``_checkpoints`` and ``_polls`` (created by connect()).
 VIEWS: dict[str, str] = {
     # The curve summary columns (schema.CURVE_SUMMARY) serve analysis.compare from ``_snapshots``; views leave
     # them out, since checkpoint values are the checkpoints view's to show (COLUMNS: older files lack them).
     "snapshots": f"""
-        SELECT COLUMNS({_LAMBDA} c NOT IN ('prev_hash', {", ".join(f"'{c}'" for c in CURVE_SUMMARY)})) FROM (
+        SELECT COLUMNS({_SNAPSHOT_COLUMNS}) FROM (
             SELECT *, lag(state_hash) OVER (PARTITION BY task_id ORDER BY observed_at, state_hash) AS prev_hash
-            FROM (SELECT DISTINCT ON (task_id, observed_at, state_hash) * FROM _snapshots)
+            FROM ({SNAPSHOTS.distinct("_snapshots")})
         ) WHERE prev_hash IS DISTINCT FROM state_hash
     """,
-    "polls": "SELECT DISTINCT ON (poll_id) * FROM _polls",
-    "tasks": """
-        WITH ranked AS (
-            SELECT *, min(observed_at) OVER (PARTITION BY task_id) AS first_seen_at,
-                   row_number() OVER (PARTITION BY task_id ORDER BY observed_at DESC, state_hash) AS rn
-            FROM snapshots
+    "polls": TABLES["polls"].distinct("_polls"),
+    "tasks": f"""
+        WITH latest AS (
+            SELECT unnest({SNAPSHOTS.first("s")}), min(observed_at) AS first_seen_at FROM snapshots s GROUP BY task_id
         ), last_poll AS (SELECT task_id, max(polled_at) AS last_polled_at FROM polls GROUP BY task_id)
-        SELECT ranked.* EXCLUDE (rn), last_poll.last_polled_at
-        FROM ranked LEFT JOIN last_poll USING (task_id) WHERE rn = 1
+        SELECT latest.*, last_poll.last_polled_at FROM latest LEFT JOIN last_poll USING (task_id)
     """,
     # The latest value per (task_id, step). A collector's file holds each task's step once, and compaction marks
     # every repeat within its file as superseded, so a step can repeat only across files: for a task whose files'
     # step ranges are disjoint, every row already is the latest. Only tasks with overlapping ranges (a changed
     # value, overlapping collectors, an interrupted compaction) or with files of unknown make (superseded NULL,
     # written before the column existed) pay for de-duplication, which on every row would cost more than the scan.
-    "checkpoints": """
+    "checkpoints": f"""
         WITH candidates AS (
             SELECT task_id, step, perplexity, training_loss, observed_at, superseded, filename FROM _checkpoints
             WHERE superseded IS NOT TRUE
@@ -74,7 +71,7 @@ VIEWS: dict[str, str] = {
         SELECT task_id, step, perplexity, training_loss, observed_at FROM candidates ANTI JOIN mixed USING (task_id)
         UNION ALL (
             SELECT task_id, step, perplexity, training_loss, observed_at FROM candidates SEMI JOIN mixed USING (task_id)
-            QUALIFY row_number() OVER (PARTITION BY task_id, step ORDER BY observed_at DESC) = 1
+            QUALIFY {CHECKPOINTS.rank()} = 1
         )
     """,
     # Every checkpoint with its task's current attributes, for curves across models, modes and scales.
@@ -83,9 +80,8 @@ VIEWS: dict[str, str] = {
                c.step, c.training_loss, c.perplexity, c.observed_at
         FROM checkpoints c JOIN ({TASK_ATTRIBUTES}) a USING (task_id)
     """,
-    "reported_metrics": """
-        SELECT * FROM snapshots WHERE len(metrics) > 0
-        QUALIFY row_number() OVER (PARTITION BY task_id ORDER BY observed_at DESC) = 1
+    "reported_metrics": f"""
+        SELECT unnest({SNAPSHOTS.first("s")}) FROM snapshots s WHERE len(metrics) > 0 GROUP BY task_id
     """,
     "metrics": """
         SELECT task_id, job_id, model, train_mode, parameter_scale, bleu_4, rouge_1, rouge_2, rouge_l, observed_at
@@ -104,11 +100,10 @@ VIEWS: dict[str, str] = {
         ) WHERE nth = 1 OR from_status IS DISTINCT FROM run_status
     """,
     # Overlapping or restarted collectors derive the same event_id for the same event: keep its first sighting.
-    "events": """
-        SELECT task_id, kind, observed_at AS "at", details, event_id FROM _events
-        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY observed_at, details) = 1
+    "events": f"""
+        SELECT task_id, kind, observed_at AS "at", details, event_id FROM _events QUALIFY {EVENTS.rank()} = 1
     """,
-    "deliveries": "SELECT DISTINCT ON (event_id, target, attempted_at, outcome) * FROM _deliveries",
+    "deliveries": TABLES["deliveries"].distinct("_deliveries"),
 }
 VIEW_ORDER = ["snapshots", "polls", "tasks", "checkpoints", "curves", "reported_metrics", "metrics", "metric_values",
               "status_changes", "events", "deliveries"]  # fmt: skip
@@ -117,8 +112,8 @@ VIEW_ORDER = ["snapshots", "polls", "tasks", "checkpoints", "curves", "reported_
 def ensure_views(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
     """(Re)create the source tables and every view; idempotent. Empty tables get typed empty sources."""
     dataset.register_with(con)
-    for name, schema in TABLES.items():
-        con.register(f"_{name}_empty", schema.empty_table())
+    for name, table in TABLES.items():
+        con.register(f"_{name}_empty", table.schema.empty_table())
         # Which file each row came from: the checkpoints view compares files' step ranges (see VIEWS).
         with_filename = name == "checkpoints"
         # One glob over the table while its columns bind as declared, which is the rule. A file that does not read,
@@ -233,10 +228,4 @@ def retry_vanished(run: Callable[[], T], attempts: int = VANISHED_RETRIES) -> T:
 
 def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
     """Run one query over the views as an Arrow table, safe against a concurrent compaction."""
-
-    def run() -> pa.Table:
-        relation = con.sql(sql, params=list(params) if params else None)
-        fetch_arrow = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table  # renamed in 1.4
-        return fetch_arrow()
-
-    return retry_vanished(run)
+    return retry_vanished(lambda: arrow(con.sql(sql, params=list(params) if params else None)))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6", "7", "8a", "8b", "8c", "9", "10a", "10b"]
+FIGURES = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6", "7", "8a", "8b", "8c", "9", "10a", "10b", "11"]
 MLFLOW_BASELINES = {"1a", "1b", "3a"}
 
 

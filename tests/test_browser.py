@@ -10,7 +10,7 @@ from report_data import XSS_NAME, build_dataset
 
 from ftlog.report import write_report
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # No sandbox (containers), no GPU, and none of Chromium's own background traffic, which would blur the
 # "no network requests" check.

@@ -141,7 +141,7 @@ def test_no_dataset_is_an_error(tmp_path: Path) -> None:
 
 
 def test_files_of_an_older_ftlog_pass_check_and_compact_gives_them_the_new_columns(collected: Path) -> None:
-    """Columns declared later (schema.ADDED_COLUMNS) are missing from older files: `check` accepts them, every view
+    """Columns declared later (Table.added_columns) are missing from older files: `check` accepts them, every view
     reads them as NULL, and `ftlog compact` rewrites those files, even alone in a partition, so they gain them."""
     con = connect(collected)
     before = {v: con.execute(f"SELECT * FROM {v} ORDER BY ALL").fetchall() for v in ("checkpoints", "curves")}

@@ -288,6 +288,7 @@ def test_ctrl_c_finishes_the_round_and_exits_0(api_env: Simulator, data: Path) -
     assert_dataset_reads_cleanly(data)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_sigkill_at_any_moment_leaves_a_readable_dataset(api_env: Simulator, client: QianfanClient, data: Path) -> None:
     def visible() -> int:

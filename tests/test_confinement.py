@@ -251,6 +251,7 @@ def test_read_only_queries_over_every_view_still_work(data: Path) -> None:
     assert tree(data) == before
 
 
+@pytest.mark.slow
 def test_query_on_object_storage_is_confined_to_the_prefix(s3: str, sim: Simulator, tmp_path: Path) -> None:  # noqa: F811
     with QianfanClient(Credentials(SECRET_AK, SECRET_SK), base_url=sim.url, rps=500) as client:
         collect_round(client, Dataset(s3), Selection(all_jobs=True))

@@ -26,6 +26,7 @@ from ftlog.check import check
 from ftlog.client import QianfanClient
 from ftlog.collect import Selection, collect_round
 from ftlog.simulator import Simulator
+from ftlog.state import load_state
 from ftlog.store import Dataset
 from ftlog.views import connect
 
@@ -112,7 +113,7 @@ def test_collectors_killed_at_random_moments_lose_no_finished_round(api_env: Sim
     with connect(data) as con:
         latest = dict(con.execute("SELECT task_id, state_hash FROM tasks").fetchall())
     assert len(latest) == len(api_env.tasks)
-    assert {task_id: state.state_hash for task_id, state in dataset.load_state().items()} == latest
+    assert {task_id: state.state_hash for task_id, state in load_state(dataset, "tasks").items()} == latest
 
 
 def closed_day_rounds(sim: Simulator, client: QianfanClient, dataset: Dataset, day: datetime, rounds: int) -> None:

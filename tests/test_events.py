@@ -22,7 +22,8 @@ from ftlog.client import QianfanClient
 from ftlog.collect import Selection, collect_round
 from ftlog.events import event_id
 from ftlog.simulator import Simulator
-from ftlog.store import STATE, Dataset
+from ftlog.state import STATE, load_state
+from ftlog.store import Dataset
 from ftlog.views import connect
 
 
@@ -87,7 +88,7 @@ def test_a_restarted_collector_records_each_event_once(sim: Simulator, client: Q
 
     # A lost state file is rebuilt from history, stall tracking included: the stall is not reported again.
     def tracking() -> dict[str, tuple[Any, ...]]:
-        return {task_id: (s.progress_since, s.stall_reported) for task_id, s in dataset.load_state().items()}
+        return {task_id: (s.progress_since, s.stall_reported) for task_id, s in load_state(dataset, "tasks").items()}
 
     live = tracking()
     state_file.unlink()
@@ -142,7 +143,7 @@ def test_state_files_from_before_events_stay_readable(sim: Simulator, client: Qi
     old_schema = pa.schema([f for f in STATE if f.name not in ("progress_since", "stall_reported")])
     pq.write_table(pq.read_table(state_file).select(old_schema.names).cast(old_schema), state_file)
 
-    state = dataset.load_state()
+    state = load_state(dataset, "tasks")
     assert state[A].run_progress == 34.0 and state[A].progress_since is None and not state[A].stall_reported
     play(sim, client, dataset, after=30, upto=80)
     # Without progress_since, the stall is measured from the last stored change (minute 20), a safe bound.

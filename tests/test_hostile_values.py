@@ -27,6 +27,7 @@ from ftlog.collect import RoundResult, Selection, collect_round
 from ftlog.errors import FtlogError
 from ftlog.report import MANIFEST, duration, write_report
 from ftlog.simulator import Simulator
+from ftlog.state import load_state
 from ftlog.store import Dataset
 
 JOB = "job-hostile00001"
@@ -209,7 +210,7 @@ def test_a_clock_set_back_between_rounds_keeps_the_newest_answer_and_the_state(
         stamps = con.execute("SELECT polled_at FROM polls ORDER BY polled_at").fetchall()
     assert latest == [(20.0, 2, t + timedelta(microseconds=1))]  # stamped just after the last observation
     assert [s for (s,) in stamps] == [t, t + timedelta(microseconds=1)]  # the poll that found it, likewise
-    state = Dataset(data).load_state()[task]
+    state = load_state(Dataset(data), "tasks")[task]
     assert (state.run_progress, sorted(state.checkpoints)) == (20.0, [10, 20])  # the state was saved
 
     status = run("status", "--format", "json", "--data", str(data))
@@ -373,6 +374,7 @@ def test_report_never_overwrites_or_deletes_files_it_did_not_write(two_tasks: Pa
     assert "notes.txt" in one_error_line(run("report", "--data", str(two_tasks), "--out", str(out)))
 
 
+@pytest.mark.slow
 def test_report_rewrites_its_own_folder_and_removes_only_its_own_stale_figures(two_tasks: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     for _ in range(2):  # twice into its own folder, no flag needed
@@ -415,6 +417,7 @@ def test_demo_checks_its_report_folder_before_collecting(tmp_path: Path) -> None
         write_report(tmp_path / "nothing", out)
 
 
+@pytest.mark.slow
 def test_the_demo_writes_its_report_twice_into_the_same_folder(tmp_path: Path) -> None:
     out = tmp_path / "reports" / "demo"
     for _ in range(2):  # as `make demo` twice

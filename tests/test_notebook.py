@@ -21,6 +21,7 @@ def test_committed_notebook_has_no_outputs() -> None:
     assert sum(cell.cell_type == "markdown" for cell in notebook.cells) >= len(code), "every step is explained"
 
 
+@pytest.mark.slow
 def test_notebook_runs_against_a_collected_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"
     build_dataset(data, seed=5, jobs=3, tasks_per_job=3, speed=2000, scripted=False)

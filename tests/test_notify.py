@@ -24,7 +24,7 @@ from ftlog.cli import cli
 from ftlog.client import QianfanClient
 from ftlog.collect import Selection, collect_round
 from ftlog.errors import ConfigError
-from ftlog.notify import Command, Notifier, Webhook, payload, targets_from
+from ftlog.notify import Command, Notifier, Webhook, delivered, payload, recent_events, targets_from
 from ftlog.simulator import Simulator
 from ftlog.store import Dataset
 from ftlog.views import connect
@@ -222,6 +222,26 @@ def test_old_events_are_not_sent_to_a_new_target(
     report = fast(Webhook(receiver.url())).deliver(dataset, now=Clock(T0 + timedelta(minutes=55, days=1)))
     assert (report.delivered, report.waiting) == (1, 0)  # only the stall is less than a day old
     assert [b["kind"] for b in receiver.acknowledged] == ["stall"]
+
+
+def test_pending_events_are_the_first_sightings_of_the_events_view(dataset: Dataset) -> None:
+    """Notifications read the events view, so an event seen again later (by another collector) dates from its
+    first sighting: one first seen over a day ago is not sent, whoever sees it again."""
+    later = T0 + timedelta(days=2)
+    sightings = [("old", T0, "{}"), ("old", later, "{}"), ("new", later, '{"b": 1}'), ("new", later, '{"a": 1}')]
+    rows = [{"event_id": event_id, "task_id": "task-a", "kind": "status", "observed_at": at, "details": details}
+            for event_id, at, details in sightings]  # fmt: skip
+    dataset.append("events", rows, later)
+    dataset.append("deliveries", [{"event_id": "old", "task_id": "task-a", "target": "t#1", "attempted_at": T0,
+                                   "outcome": "delivered", "attempts": 1}], T0)  # fmt: skip
+    con = connect(dataset)
+    try:
+        pending = recent_events(con, later - timedelta(days=1))
+        assert [(e["event_id"], e["at"], e["details"]) for e in pending] == [("new", later, {"a": 1})]
+        assert delivered(con, T0) == {("t#1", "old")}
+        assert delivered(con, later - timedelta(days=1)) == set()  # only deliveries of events still to send count
+    finally:
+        con.close()
 
 
 def test_notify_command_gets_each_event_on_stdin(

@@ -9,11 +9,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ftlog.check import check
-from ftlog.schema import normalise
+from ftlog.normalise import normalise
 from ftlog.store import Dataset
 from ftlog.views import connect
 
@@ -103,6 +104,7 @@ def test_rows_round_trip_through_parquet_and_views(results: list[dict[str, Any]]
         assert curve == sorted((p["task_id"], p["step"], p["perplexity"], p["training_loss"]) for p in points)
 
 
+@pytest.mark.slow
 @given(cut=st.floats(0, 1, exclude_max=True), noise=st.binary(max_size=64))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_check_repair_leaves_a_readable_dataset_whatever_a_file_holds(cut: float, noise: bytes) -> None:
@@ -129,6 +131,7 @@ WRITE = st.tuples(
 )
 
 
+@pytest.mark.slow
 @given(writes=st.lists(WRITE, min_size=1, max_size=10), compact_at=st.none() | st.integers(0, 9))
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_checkpoints_view_keeps_the_latest_value_per_step_however_files_overlap(

@@ -31,6 +31,7 @@ from ftlog.views import connect
 S3_KEY_ID = "AKIAFTLOGS3TEST0001"
 S3_SECRET = "s3SecretFtlog+9f2c7e41b0aa"
 BUCKET = "ftlog-bucket"
+pytestmark = pytest.mark.slow  # a moto server process, and every command in a child process
 
 
 def free_port() -> int:

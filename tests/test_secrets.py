@@ -207,6 +207,7 @@ def test_credentials_in_a_dataset_uri_are_in_no_error(location: str, command: li
     assert "***" in result.stderr and URL_SECRET not in result.output
 
 
+@pytest.mark.slow
 def test_credentials_in_an_s3_uri_reach_no_output_check_or_report(
     s3: str,  # noqa: F811 - the fixture
     api_env: Simulator,
@@ -227,6 +228,7 @@ def test_credentials_in_an_s3_uri_reach_no_output_check_or_report(
         assert URL_SECRET not in text
 
 
+@pytest.mark.slow
 def test_credentials_in_the_endpoint_are_in_no_output_log_or_poll(sim: Simulator, tmp_path: Path) -> None:
     closed = socket_port()
     endpoint = f"http://apiuser:{URL_SECRET}@127.0.0.1:{closed}/?token={URL_TOKEN}"

@@ -1,8 +1,7 @@
-"""Normalisation, the Parquet store, compaction, de-duplicating views and the collector state file."""
+"""The Parquet store, compaction, de-duplicating views and the collector state file."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -14,42 +13,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from payloads import DONE, T0
 
 from ftlog.client import QianfanClient
 from ftlog.collect import Selection, collect_round
-from ftlog.schema import CHECKPOINTS, SNAPSHOTS, as_number, as_time, normalise
+from ftlog.normalise import normalise
+from ftlog.schema import SNAPSHOTS
 from ftlog.simulator import Simulator
-from ftlog.store import STATE, Dataset, TaskState, dedupe, state_row
+from ftlog.state import STATE, TaskState, load_state, save_state, state_row
+from ftlog.store import Dataset, dedupe
 from ftlog.views import connect
-
-T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
-
-DONE = {
-    "taskId": "task-done00000001",
-    "jobId": "job-a",
-    "jobName": "客服问答-1",
-    "jobDescription": "",
-    "model": "ERNIE-Speed-8K",
-    "trainMode": "SFT",
-    "parameterScale": "LoRA",
-    "runStatus": "Done",
-    "vdlLink": "https://console.bce.baidu.com/qianfan/visualdl/index?displayToken=abc",
-    "createDate": "2024-01-30T09:41:54Z",
-    "finishDate": "2024-01-30T10:12:00Z",
-    "metrics": {
-        "BLEU-4": "58.62%",
-        "ROUGE-1": "68.1%",
-        "ROUGE-2": "40%",
-        "ROUGE-L": "61.25%",
-        "EDIT-DISTANCE": "43.07",
-        "EMBEDDING-DISTANCE": "0.03",
-    },
-    "checkpointList": [
-        {"step": 128, "perplexity": 1.21, "trainingLoss": 0.19},
-        {"step": 64, "perplexity": 1.2891639471054077, "trainingLoss": 0.2539938688278198},
-    ],
-    "somethingNew": {"nested": [1, 2]},
-}
 
 
 class Clock:
@@ -108,150 +81,6 @@ def run_rounds(
             sim.script(task_id, {**result, "checkpointList": points})
         collect_round(client, dataset, Selection(task_ids=STORE_TASKS), now=clock, compact=compact)
         clock.advance(minutes=1)
-
-
-# -- normalisation --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("99%", 99.0),
-        ("16.56%", 16.56),
-        ("43.07", 43.07),
-        (" 7 % ", 7.0),
-        (7, 7.0),
-        (0.5, 0.5),
-        ("abc", None),
-        ("", None),
-        (None, None),
-        (True, None),
-        ([1], None),
-        (float("inf"), None),
-        (10**400, None),  # valid JSON, too large for a double
-    ],
-    ids=lambda value: repr(value)[:12],
-)
-def test_as_number(value: Any, expected: float | None) -> None:
-    assert as_number(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("2024-01-30T09:41:54Z", datetime(2024, 1, 30, 9, 41, 54, tzinfo=timezone.utc)),
-        ("2024-01-30 09:41:54", datetime(2024, 1, 30, 9, 41, 54, tzinfo=timezone.utc)),
-        ("2024-01-30T17:41:54+08:00", datetime(2024, 1, 30, 9, 41, 54, tzinfo=timezone.utc)),
-        ("0000-00-00T00:00:00Z", None),
-        ("0000-00-00 00:00:00", None),
-        ("", None),
-        ("yesterday", None),
-        (1706607714, None),
-        ("0001-01-01T00:00:00+01:00", None),  # parses, but converting it to UTC overflows
-    ],
-)
-def test_as_time(value: Any, expected: datetime | None) -> None:
-    assert as_time(value) == expected
-
-
-def test_normalise_done_task_with_date_spelling() -> None:
-    row = normalise("task-done00000001", DONE, T0, "req-1")
-    snap = row.snapshot
-    assert snap["run_status"] == "Done"
-    assert snap["job_name"] == "客服问答-1"
-    assert snap["job_description"] is None  # empty string -> NULL
-    assert snap["run_progress"] is None
-    assert snap["create_time"] == datetime(2024, 1, 30, 9, 41, 54, tzinfo=timezone.utc)
-    assert snap["finish_time"] == datetime(2024, 1, 30, 10, 12, tzinfo=timezone.utc)
-    assert (snap["bleu_4"], snap["rouge_1"], snap["rouge_2"], snap["rouge_l"]) == (58.62, 68.1, 40.0, 61.25)
-    assert {m["metric"]: m["value"] for m in snap["metrics"]} == {
-        "BLEU-4": 58.62,
-        "ROUGE-1": 68.1,
-        "ROUGE-2": 40.0,
-        "ROUGE-L": 61.25,
-        "EDIT-DISTANCE": 43.07,
-        "EMBEDDING-DISTANCE": 0.03,
-    }
-    assert snap["checkpoint_count"] == 2
-    assert [p["step"] for p in row.checkpoints] == [128, 64]
-    raw = json.loads(snap["raw"])
-    assert "checkpointList" not in raw  # it lives in the checkpoints table
-    assert raw["somethingNew"] == {"nested": [1, 2]}  # unknown fields are kept
-    assert raw == {k: v for k, v in DONE.items() if k != "checkpointList"}
-
-
-def test_time_spellings_are_equivalent() -> None:
-    with_time = {k: v for k, v in DONE.items() if k not in ("createDate", "finishDate")}
-    with_time |= {"createTime": DONE["createDate"], "finishTime": DONE["finishDate"]}
-    assert snapshot_of(with_time)["create_time"] == snapshot_of(DONE)["create_time"]
-    assert snapshot_of(with_time)["finish_time"] == snapshot_of(DONE)["finish_time"]
-
-
-def test_normalise_running_and_failed() -> None:
-    running = snapshot_of({"runStatus": "Running", "runProgress": "16.56%", "finishTime": "0000-00-00T00:00:00Z"})
-    assert running["run_progress"] == 16.56
-    assert running["finish_time"] is None
-    failed = snapshot_of({"runStatus": "Failed", "errorCode": 500203, "errorMessage": "GPU out of memory"})
-    assert (failed["error_code"], failed["error_message"]) == ("500203", "GPU out of memory")
-
-
-WEIRD: list[tuple[str, Any]] = [
-    ("runProgress", 99),
-    ("runProgress", "abc"),
-    ("runProgress", None),
-    ("runProgress", True),
-    ("runProgress", 10**400),
-    ("runStatus", "Paused"),
-    ("runStatus", 5),
-    ("checkpointList", None),
-    ("checkpointList", {"step": 1, "perplexity": 2.0}),
-    ("checkpointList", ["step 64", "step 128"]),
-    ("checkpointList", [{"step": "²"}, {"step": 2**70}, {"step": 64, "perplexity": "abc"}, None]),
-    ("checkpointList", [{"step": 64, "perplexity": 10**400, "trainingLoss": [0.1]}]),
-    ("metrics", {"BLEU-4": None, "ROUGE-1": "n/a", "ROUGE-L": [1], "EDIT-DISTANCE": 10**400}),
-    ("metrics", "n/a"),
-    ("createTime", 1706607714),
-    ("createTime", "0001-01-01T00:00:00+01:00"),
-    ("errorCode", True),
-    ("errorCode", 1.5),
-    ("jobName", "bad \ud800 text"),
-    ("vdlLink", {"url": "x"}),
-    ("brandNewField", {"nested": [1, None, "x"]}),
-]
-
-
-@pytest.mark.parametrize(("key", "value"), WEIRD, ids=[f"{k}={v!r}"[:40] for k, v in WEIRD])
-def test_weird_values_become_null_and_raw_keeps_them(key: str, value: Any) -> None:
-    result = {**DONE, "runStatus": "Running", key: value}
-    row = normalise("task-x", result, T0, "req-1")
-    # The rows fit the declared schemas, so the write cannot fail either.
-    pa.Table.from_pylist([row.snapshot], schema=SNAPSHOTS)
-    pa.Table.from_pylist([{"task_id": "t", **p, "observed_at": T0} for p in row.checkpoints], schema=CHECKPOINTS)
-    assert json.loads(row.snapshot["raw"])[key] == value
-
-
-def test_wrong_typed_values_become_null() -> None:
-    snap = snapshot_of({"runStatus": "Paused", "runProgress": "abc", "metrics": {"BLEU-4": "n/a", "ROUGE-1": None}})
-    assert snap["run_status"] == "Paused"  # unknown statuses are stored as they came
-    assert snap["run_progress"] is None
-    assert snap["bleu_4"] is None and snap["rouge_1"] is None
-    assert {m["metric"] for m in snap["metrics"]} == {"BLEU-4", "ROUGE-1"}
-    partly_bad = normalise("t", {"checkpointList": [{"step": 64, "perplexity": 1.5}, {"step": "x"}]}, T0, None)
-    assert partly_bad.checkpoints == [{"step": 64, "perplexity": 1.5, "training_loss": None}]
-
-
-def test_state_hash_follows_the_normalised_state() -> None:
-    base = snapshot_of(DONE)["state_hash"]
-    assert snapshot_of(dict(reversed(DONE.items())))["state_hash"] == base  # key order is not a change
-    # Checkpoint values are the checkpoints table's to keep; only their summary (final, best) is part of the state.
-    step_128, step_64 = DONE["checkpointList"]
-    inner = [step_128, {**step_64, "trainingLoss": 0.3}]  # final and best stay those of step 128
-    assert snapshot_of({**DONE, "checkpointList": inner})["state_hash"] == base
-    final = [{**step_128, "trainingLoss": 0.18}, step_64]
-    assert snapshot_of({**DONE, "checkpointList": final})["state_hash"] != base
-    assert snapshot_of({**DONE, "runStatus": "Running"})["state_hash"] != base
-    assert snapshot_of({**DONE, "somethingNew": 2})["state_hash"] != base
-    assert snapshot_of({**DONE, "checkpointList": DONE["checkpointList"][:1]})["state_hash"] != base
 
 
 # -- writing --------------------------------------------------------------------------------------------------
@@ -347,6 +176,21 @@ def test_views_are_identical_before_during_and_after_an_interrupted_compaction(
     assert dataset.compact(T0 + timedelta(days=1)) == 0  # nothing left to do
 
 
+def test_two_values_of_a_step_stored_at_one_instant_show_one_value_before_and_after_compaction(
+    dataset: Dataset,
+) -> None:
+    """Overlapping collectors may store two values of a step at the same instant. The view, compaction's
+    `superseded` mark and compare()'s recount rank them by one declared order (schema.TABLES), so all pick one."""
+    for task_id, values in (("task-a", [(2.0, 0.5), (1.5, 0.7)]), ("task-b", [(1.5, 0.7), (2.0, 0.5)])):
+        for perplexity, loss in values:  # one file each, as two collectors write them
+            row = {"task_id": task_id, "step": 10, "perplexity": perplexity, "training_loss": loss, "observed_at": T0}
+            dataset.append("checkpoints", [{**row, "superseded": False}], T0)
+    before = view_rows(dataset)["checkpoints"]
+    assert [(p, loss) for _, _, p, loss, _ in before] == [(1.5, 0.7)] * 2  # the lower perplexity breaks the tie
+    assert dataset.compact(T0 + timedelta(days=1)) == 4
+    assert view_rows(dataset)["checkpoints"] == before
+
+
 def test_open_partition_is_compacted_only_when_it_has_many_files(
     sim: Simulator, client: QianfanClient, dataset: Dataset
 ) -> None:
@@ -385,14 +229,14 @@ def test_load_state_reads_the_state_file_not_the_history(
 ) -> None:
     clock = Clock(T0)
     run_rounds(client, dataset, clock, 2, sim)
-    state = dataset.load_state()
+    state = load_state(dataset, "tasks")
     assert (data / "_state" / "tasks.parquet").is_file()
     assert set(state) == {f"task-store{k:07d}" for k in range(3)}
     assert all(len(s.checkpoints) == 2 for s in state.values())
     # Without any history the state is still complete: it came from the state file alone.
     for table in ("snapshots", "checkpoints", "polls"):
         shutil.rmtree(data / table)
-    assert dataset.load_state() == state
+    assert load_state(dataset, "tasks") == state
 
 
 def test_deleted_state_is_rebuilt_without_duplicate_rows(
@@ -400,11 +244,11 @@ def test_deleted_state_is_rebuilt_without_duplicate_rows(
 ) -> None:
     clock = Clock(T0)
     run_rounds(client, dataset, clock, 2, sim)
-    state = dataset.load_state()
+    state = load_state(dataset, "tasks")
     raw_counts = _raw_counts(dataset)
     (data / "_state" / "tasks.parquet").unlink()
 
-    assert dataset.load_state() == state
+    assert load_state(dataset, "tasks") == state
     assert (data / "_state" / "tasks.parquet").is_file()  # saved again, so later rounds read only the file
 
     (data / "_state" / "tasks.parquet").unlink()
@@ -419,10 +263,10 @@ def test_unreadable_state_is_rebuilt(
 ) -> None:
     clock = Clock(T0)
     run_rounds(client, dataset, clock, 1, sim)
-    state = dataset.load_state()
+    state = load_state(dataset, "tasks")
     (data / "_state" / "tasks.parquet").write_bytes(b"garbage")
-    with caplog.at_level(logging.WARNING, logger="ftlog.store"):
-        assert dataset.load_state() == state
+    with caplog.at_level(logging.WARNING, logger="ftlog.state"):
+        assert load_state(dataset, "tasks") == state
     assert "unreadable" in caplog.text
     assert pq.read_table(data / "_state" / "tasks.parquet").num_rows == 3
 
@@ -433,12 +277,14 @@ def test_save_state_merges_with_the_file_as_it_is_then(dataset: Dataset, data: P
         return pa.Table.from_pylist([state_row(task_id, s) for task_id, s in states.items()], schema=STATE)
 
     later = T0 + timedelta(minutes=1)
-    dataset.save_state(rows(("a", "a1", T0), ("b", "b1", later), ("c", "c1", None), ("d", "d1", T0)), create=False)
+    save_state(dataset, "tasks", rows(("a", "a1", T0), ("b", "b1", later), ("c", "c1", None), ("d", "d1", T0)),
+               create=False)  # fmt: skip
     assert not (data / "_state" / "tasks.parquet").exists()  # left for the next round to rebuild from the data
-    dataset.save_state(rows(("a", "a1", T0), ("b", "b1", later), ("c", "c1", None), ("d", "d1", T0)))
+    save_state(dataset, "tasks", rows(("a", "a1", T0), ("b", "b1", later), ("c", "c1", None), ("d", "d1", T0)))
     # Newest observation wins; a tie or a stored row without a time gives way to the change.
-    dataset.save_state(rows(("a", "a2", T0), ("b", "b2", T0), ("c", "c2", T0), ("e", "e2", T0)), create=False)
-    state = dataset.load_state()
+    save_state(dataset, "tasks", rows(("a", "a2", T0), ("b", "b2", T0), ("c", "c2", T0), ("e", "e2", T0)),
+               create=False)  # fmt: skip
+    state = load_state(dataset, "tasks")
     assert {task_id: s.state_hash for task_id, s in state.items()} == {"a": "a2", "b": "b1", "c": "c2", "d": "d1",
                                                                        "e": "e2"}  # fmt: skip
     assert "a" in state and "z" not in state and len(state) == 5

@@ -1,0 +1,24 @@
+"""The one place that knows which DuckDB version ftlog runs on (``duckdb>=1.1``): everything else writes the same
+SQL and calls the same functions whatever the version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+VERSION = tuple(int(part) for part in duckdb.__version__.split(".")[:2])
+
+
+def lambda_sql(parameter: str, body: str) -> str:
+    """A SQL lambda: DuckDB 1.3 brought ``lambda x: ...``, and 2.0 rejects the older ``x -> ...``."""
+    return f"lambda {parameter}: {body}" if VERSION >= (1, 3) else f"{parameter} -> {body}"
+
+
+def arrow(relation: Any) -> pa.Table:
+    """A relation's rows as one Arrow table, read to the end: ``fetch_arrow_table()`` warns as deprecated from 1.4
+    on, where ``to_arrow_table()`` replaces it (``.arrow()`` returns a streaming reader from 2.0 on)."""
+    fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
+    table: pa.Table = fetch()
+    return table
