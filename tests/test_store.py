@@ -1,4 +1,5 @@
-"""The Parquet store, compaction, de-duplicating views and the collector state file."""
+"""The Parquet store, compaction, de-duplicating views and the collector state file. No server: rounds are
+diffed and saved from made-up answers."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from payloads import DONE, T0
 
-from ftlog.client import QianfanClient
-from ftlog.collect import Selection, collect_round
+from ftlog.client import Answer
+from ftlog.collect import RoundChanges, diff, save
 from ftlog.normalise import normalise
 from ftlog.schema import SNAPSHOTS
-from ftlog.simulator import Simulator
 from ftlog.state import STATE, TaskState, load_state, save_state, state_row
 from ftlog.store import Dataset, dedupe
 from ftlog.views import connect
@@ -68,19 +68,29 @@ def parquet_files(data: Path) -> list[Path]:
 STORE_TASKS = tuple(f"task-store{k:07d}" for k in range(3))
 
 
-def run_rounds(
-    client: QianfanClient, dataset: Dataset, clock: Clock, rounds: int, sim: Simulator, *, compact: bool = True
-) -> None:
-    """Rounds one minute apart over scripted tasks (so nothing depends on wall-clock speed); in each round every
+def run_rounds(dataset: Dataset, clock: Clock, rounds: int, *, compact: bool = True) -> None:
+    """Rounds one minute apart over made-up answers (so nothing depends on wall-clock speed); in each round every
     task changes and reports one new checkpoint, so every round writes a file to every table."""
     for _ in range(rounds):
         clock.ticks += 1
-        points = [{"step": 64 * n, "perplexity": 1 + 1 / n, "trainingLoss": 1 / n} for n in range(1, clock.ticks + 1)]
-        for k, task_id in enumerate(STORE_TASKS):
-            result = {**DONE, "taskId": task_id, "runStatus": "Running", "runProgress": f"{clock.ticks + k}%"}
-            sim.script(task_id, {**result, "checkpointList": points})
-        collect_round(client, dataset, Selection(task_ids=STORE_TASKS), now=clock, compact=compact)
+        replay(dataset, clock, STORE_TASKS, compact=compact)
         clock.advance(minutes=1)
+
+
+def replay(dataset: Dataset, clock: Clock, tasks: tuple[str, ...], *, compact: bool = True) -> RoundChanges:
+    """A collector round over the answers of the clock's current tick, diffed and saved as ``ftlog collect`` does
+    (no server: these tests are about the files, not about fetching)."""
+    points = [{"step": 64 * n, "perplexity": 1 + 1 / n, "trainingLoss": 1 / n} for n in range(1, clock.ticks + 1)]
+    answers = []
+    for task_id in tasks:
+        result = {**DONE, "taskId": task_id, "runStatus": "Running", "checkpointList": points,
+                  "runProgress": f"{clock.ticks + STORE_TASKS.index(task_id)}%"}  # fmt: skip
+        answers.append((task_id, Answer(result, f"req-{clock.ticks}-{task_id}", 200), 0.001, clock()))
+    changes = diff(load_state(dataset, "tasks"), answers)
+    save(dataset, "tasks", changes, clock())
+    if compact:
+        dataset.compact(clock())
+    return changes
 
 
 # -- writing --------------------------------------------------------------------------------------------------
@@ -119,13 +129,11 @@ def test_leftover_tmp_files_are_invisible_and_cleaned_up_when_stale(dataset: Dat
 # -- compaction and de-duplication ----------------------------------------------------------------------------
 
 
-def test_compaction_merges_closed_partitions_and_keeps_results(
-    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path
-) -> None:
+def test_compaction_merges_closed_partitions_and_keeps_results(dataset: Dataset, data: Path) -> None:
     clock = Clock(T0)
-    run_rounds(client, dataset, clock, 3, sim)  # day 1: compaction after each round finds nothing closed
+    run_rounds(dataset, clock, 3)  # day 1: compaction after each round finds nothing closed
     clock.advance(days=1)
-    run_rounds(client, dataset, clock, 2, sim, compact=False)
+    run_rounds(dataset, clock, 2, compact=False)
     tables = ("snapshots", "checkpoints", "polls")
     assert all(len(list((data / t / "date=2024-03-01").glob("*.parquet"))) == 3 for t in tables)
     before = view_rows(dataset)
@@ -140,19 +148,17 @@ def test_compaction_merges_closed_partitions_and_keeps_results(
     assert view_rows(dataset) == before
 
     clock.advance(days=1)
-    run_rounds(client, dataset, clock, 1, sim)  # a regular round compacts the partition that just closed
+    run_rounds(dataset, clock, 1)  # a regular round compacts the partition that just closed
     for table in tables:
         assert len(list((data / table / "date=2024-03-02").glob("*.parquet"))) == 1, table
     assert len(view_rows(dataset)["polls"]) == 18
 
 
-def test_views_are_identical_before_during_and_after_an_interrupted_compaction(
-    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path
-) -> None:
+def test_views_are_identical_before_during_and_after_an_interrupted_compaction(dataset: Dataset, data: Path) -> None:
     clock = Clock(T0)
     for n in range(3):
-        run_rounds(client, dataset, clock, 1, sim)
-        collect_round(client, dataset, Selection(task_ids=("task-store0000000",)), now=clock, compact=False)
+        run_rounds(dataset, clock, 1)
+        replay(dataset, clock, ("task-store0000000",), compact=False)
         clock.advance(minutes=1 + n)
     before = view_rows(dataset)
     files_before = {table: dataset.files(table) for table in ("snapshots", "checkpoints", "polls", "events")}
@@ -191,11 +197,9 @@ def test_two_values_of_a_step_stored_at_one_instant_show_one_value_before_and_af
     assert view_rows(dataset)["checkpoints"] == before
 
 
-def test_open_partition_is_compacted_only_when_it_has_many_files(
-    sim: Simulator, client: QianfanClient, dataset: Dataset
-) -> None:
+def test_open_partition_is_compacted_only_when_it_has_many_files(dataset: Dataset) -> None:
     clock = Clock(T0)
-    run_rounds(client, dataset, clock, 3, sim)
+    run_rounds(dataset, clock, 3)
     before = view_rows(dataset)
     assert dataset.compact(clock(), open_max_files=4) == 0
     assert len(dataset.files("polls")) == 3
@@ -205,12 +209,12 @@ def test_open_partition_is_compacted_only_when_it_has_many_files(
 
 
 def test_a_bad_file_does_not_stop_compaction_of_other_partitions(
-    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path, caplog: pytest.LogCaptureFixture
+    dataset: Dataset, data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock(T0)
-    run_rounds(client, dataset, clock, 2, sim)
+    run_rounds(dataset, clock, 2)
     clock.advance(days=1)
-    run_rounds(client, dataset, clock, 2, sim)
+    run_rounds(dataset, clock, 2)
     bad = data / "polls" / "date=2024-03-01" / "20240301T999999999999-notparq.parquet"
     bad.write_bytes(b"not parquet at all")
     with caplog.at_level(logging.WARNING, logger="ftlog.store"):
@@ -224,11 +228,9 @@ def test_a_bad_file_does_not_stop_compaction_of_other_partitions(
 # -- collector state ------------------------------------------------------------------------------------------
 
 
-def test_load_state_reads_the_state_file_not_the_history(
-    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path
-) -> None:
+def test_load_state_reads_the_state_file_not_the_history(dataset: Dataset, data: Path) -> None:
     clock = Clock(T0)
-    run_rounds(client, dataset, clock, 2, sim)
+    run_rounds(dataset, clock, 2)
     state = load_state(dataset, "tasks")
     assert (data / "_state" / "tasks.parquet").is_file()
     assert set(state) == {f"task-store{k:07d}" for k in range(3)}
@@ -239,11 +241,9 @@ def test_load_state_reads_the_state_file_not_the_history(
     assert load_state(dataset, "tasks") == state
 
 
-def test_deleted_state_is_rebuilt_without_duplicate_rows(
-    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path
-) -> None:
+def test_deleted_state_is_rebuilt_without_duplicate_rows(dataset: Dataset, data: Path) -> None:
     clock = Clock(T0)
-    run_rounds(client, dataset, clock, 2, sim)
+    run_rounds(dataset, clock, 2)
     state = load_state(dataset, "tasks")
     raw_counts = _raw_counts(dataset)
     (data / "_state" / "tasks.parquet").unlink()
@@ -252,17 +252,15 @@ def test_deleted_state_is_rebuilt_without_duplicate_rows(
     assert (data / "_state" / "tasks.parquet").is_file()  # saved again, so later rounds read only the file
 
     (data / "_state" / "tasks.parquet").unlink()
-    result = collect_round(client, dataset, Selection(task_ids=tuple(state)), now=clock)  # nothing changed
+    result = replay(dataset, clock, STORE_TASKS)  # nothing changed
     assert (result.changed, result.unchanged, result.new_checkpoints) == (0, 3, 0)
     assert _raw_counts(dataset) == {**raw_counts, "polls": raw_counts["polls"] + 3}
     assert (data / "_state" / "tasks.parquet").is_file()
 
 
-def test_unreadable_state_is_rebuilt(
-    sim: Simulator, client: QianfanClient, dataset: Dataset, data: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_unreadable_state_is_rebuilt(dataset: Dataset, data: Path, caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock(T0)
-    run_rounds(client, dataset, clock, 1, sim)
+    run_rounds(dataset, clock, 1)
     state = load_state(dataset, "tasks")
     (data / "_state" / "tasks.parquet").write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING, logger="ftlog.state"):
