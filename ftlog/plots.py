@@ -31,6 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from PIL import Image
 
+from .normalise import METRIC_COLUMNS
 from .schema import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ CJK_FONT = "WenQuanYi Micro Hei"
 # DejaVu Sans (shipped with matplotlib) draws Latin text; glyphs it lacks fall back to the CJK font.
 FONT_FAMILY = ["DejaVu Sans", CJK_FONT]
 DPI = 200  # twice the CSS pixel density: sharp on high-DPI screens when shown at half size
-METRIC_LABELS = {"bleu_4": "BLEU-4", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L"}
+METRIC_LABELS = {column: label for label, column in METRIC_COLUMNS.items()}  # as the API names them
 METRIC_COLOURS = {"bleu_4": "#4c78a8", "rouge_1": "#f58518", "rouge_2": "#54a24b", "rouge_l": "#b279a2"}
 STATUS_COLOURS = {
     "Waiting": "#bab0ac",
