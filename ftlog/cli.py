@@ -30,6 +30,7 @@ from .config import (
     EVENT_KINDS,
     MAX_BYTES,
     NOTIFY_FORMATS,
+    SQL_ENGINES,
     base_url_from_env,
     load_credentials,
     settings,
@@ -380,6 +381,19 @@ def query(sql: str, fmt: str, data: str) -> None:
 
         frame = retry_vanished(run)  # again if a compaction removed a file mid-query
     echo_frame(nested_as_json(frame) if fmt == "csv" else frame, fmt)
+
+
+@cli.command("sql")
+@click.option("--engine", type=click.Choice(SQL_ENGINES), required=True, help="The engine the statements are for.")
+@data_option
+@handle_errors
+def sql_command(engine: str, data: str) -> None:
+    """Print the statements that register every ftlog view (snapshots, tasks, checkpoints, curves, metrics,
+    metric_values, status_changes, polls, events, deliveries) over the dataset in another session of ENGINE,
+    generated from ftlog's own view definitions: for duckdb, a script for any DuckDB session, no ftlog needed."""
+    from .views import sql_script
+
+    click.echo(sql_script(data, engine), nl=False)
 
 
 def nested_as_json(frame: pd.DataFrame) -> pd.DataFrame:

@@ -312,6 +312,7 @@ def save(dataset: Dataset, state_name: str, changes: RoundChanges, now: datetime
     dataset.append_table("checkpoints", changes.checkpoints.table(), now)
     dataset.append_table("events", changes.events.table(), now)
     dataset.append_table("polls", changes.polls.table(), now)
+    dataset.create_tables(now)  # the tables that got no rows, for readers of the folders
     if changes.states:  # a state file found at the start is only updated (state.save_state)
         save_state(dataset, state_name, changes.states.table(), create=changes.baseline)
 

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
 import pyarrow as pa
-
-VERSION = tuple(int(part) for part in duckdb.__version__.split(".")[:2])
-
-
-def lambda_sql(parameter: str, body: str) -> str:
-    """A SQL lambda: DuckDB 1.3 brought ``lambda x: ...``, and 2.0 rejects the older ``x -> ...``."""
-    return f"lambda {parameter}: {body}" if VERSION >= (1, 3) else f"{parameter} -> {body}"
 
 
 def arrow(relation: Any) -> pa.Table:

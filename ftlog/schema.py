@@ -101,6 +101,146 @@ DELIVERIES = pa.schema(
 )
 
 
+class Dialect:
+    """How one SQL engine spells what ftlog's views do. The views (``views.view_definitions``) and the rules of the
+    tables (:class:`Table`) are written once, against these methods, so that the views ftlog runs and the ones
+    ``ftlog sql --engine NAME`` prints for another engine come from the same definitions. This class is DuckDB's,
+    which ftlog itself runs on; another engine's dialect overrides the methods its SQL spells differently."""
+
+    name = "duckdb"
+    semi_join = "SEMI JOIN"  # the rows of the left side with a match on the right, once each
+    anti_join = "ANTI JOIN"  # the rows of the left side without a match on the right
+
+    # -- names, types and values
+    def quote(self, identifier: str) -> str:
+        return '"' + identifier.replace('"', '""') + '"'
+
+    def string(self, text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    def type(self, kind: pa.DataType) -> str:
+        """The SQL type of a column declared as ``kind``."""
+        if pa.types.is_list(kind):
+            return f"{self.type(kind.value_type)}[]"
+        if pa.types.is_struct(kind):
+            fields = ", ".join(f"{self.quote(field.name)} {self.type(field.type)}" for field in kind)
+            return f"STRUCT({fields})"
+        if kind not in SQL_TYPES:
+            raise ValueError(f"no SQL type for {kind}")  # pragma: no cover - a declaration
+        return SQL_TYPES[kind]
+
+    def struct(self, fields: dict[str, str]) -> str:
+        """A struct value: field name -> SQL expression."""
+        return "{" + ", ".join(f"{self.string(name)}: {value}" for name, value in fields.items()) + "}"
+
+    def row(self, alias: str) -> str:
+        """The whole row of table ``alias`` as one struct value."""
+        return alias
+
+    def length(self, values: str) -> str:
+        """The number of elements of a list."""
+        return f"len({values})"
+
+    # -- the rules of the tables (see Table)
+    def distinct_on(self, keys: tuple[str, ...], source: str) -> str:
+        """The rows of ``source``, one per value of ``keys``; which of the rows equal on ``keys`` is left open."""
+        return f"SELECT DISTINCT ON ({', '.join(keys)}) * FROM {source}"
+
+    def order_term(self, column: str, descending: bool) -> str:
+        """A term of ORDER BY: NULLs last either way, whatever an engine's (or a session's) default."""
+        return f"{column} {'DESC' if descending else 'ASC'} NULLS LAST"
+
+    def arg_min(self, value: str, order: list[tuple[str, pa.DataType, bool]]) -> str:
+        """Aggregate: ``value`` of the row that sorts first by ``order`` ((column, type, descending) terms, NULLs
+        last as in :meth:`order_term`). One ``arg_min`` over a struct of the terms, which compares field by field
+        with NULL after any value: a direction must be folded into the value, arg_min taking none."""
+        terms = {}
+        for i, (column, kind, descending) in enumerate(order):
+            if descending and kind != TS:
+                raise ValueError(f"cannot rank by {column} DESC with arg_min")  # pragma: no cover - a declaration
+            terms[f"k{i}"] = f"-epoch_us({column})" if descending else column
+        return f"arg_min({value}, {self.struct(terms)})"
+
+    def qualify(self, columns: str, source: str, rank: str) -> str:
+        """SELECT ``columns`` FROM ``source`` (a FROM clause): only the rows that window expression ``rank`` ranks
+        1."""
+        return f"SELECT {columns} FROM {source} QUALIFY {rank} = 1"
+
+    def spread(self, items: list[tuple[str, str | None]], source: str) -> str:
+        """SELECT ``items`` FROM ``source`` (a FROM clause, GROUP BY included), where an item is (expression,
+        name), or (struct expression, None) for the struct's fields as columns."""
+        columns = (
+            f"unnest({sql})" if name is None else sql if sql == name else f"{sql} AS {name}" for sql, name in items
+        )
+        return f"SELECT {', '.join(columns)} FROM {source}"
+
+    def explode(self, values: str) -> str:
+        """In a SELECT list: one row per element of a list."""
+        return f"unnest({values})"
+
+    # -- sources and statements
+    def empty(self, columns: list[tuple[str, pa.DataType]]) -> str:
+        """A query of no rows with ``columns`` of the given types."""
+        cast = (f"CAST(NULL AS {self.type(kind)}) AS {self.quote(name)}" for name, kind in columns)
+        return f"SELECT {', '.join(cast)} WHERE false"
+
+    def read_parquet(self, files: list[str], *, filename: bool = False) -> str:
+        """A table expression over Parquet ``files`` (paths or globs) in hive partitions, columns matched by name
+        across files, with a ``filename`` column when asked."""
+        listed = self.string(files[0]) if len(files) == 1 else f"[{', '.join(map(self.string, files))}]"
+        return f"read_parquet({listed}, hive_partitioning = true, union_by_name = true{', filename = true' * filename})"
+
+    def source(self, schema: pa.Schema, files: list[str] | None, *, filename: bool = False) -> str:
+        """A query of the rows of a table's data ``files`` (paths or globs; None: none) as its declared ``schema``:
+        NULL where a file lacks a column (written before it was declared), and nothing else (not the ``date`` of
+        the partition), plus ``filename`` (the file of each row) when asked."""
+        columns = [(field.name, field.type) for field in schema] + [("filename", pa.string())] * filename
+        empty = self.empty(columns)
+        if not files:
+            return empty
+        # The typed empty query first, so that every declared column is there, in order and of its declared type.
+        names = ", ".join(self.quote(name) for name, _ in columns)
+        stored = self.read_parquet(files, filename=filename)
+        return f"SELECT {names} FROM ({empty} UNION ALL BY NAME SELECT * FROM {stored})"
+
+    def create_source(
+        self, name: str, schema: pa.Schema, files: list[str] | None, *, filename: bool = False
+    ) -> list[str]:
+        """The statements that make view ``name`` the rows of a table's data ``files``, as :meth:`source` reads them."""
+        return [self.create_view(name, self.source(schema, files, filename=filename))]
+
+    def create_view(self, name: str, query: str) -> str:
+        return f"CREATE OR REPLACE VIEW {name} AS {query}"
+
+    def session(self) -> list[str]:
+        """The settings a session needs for the views to show what ftlog's do: times in UTC."""
+        return ["SET TimeZone = 'UTC'"]
+
+    def storage_notes(self, location: str, scheme: str) -> list[str]:
+        """Comment lines on what a session needs to read an object store (``scheme`` is not empty) at ``location``
+        (shown without credentials), such as an extension and the credentials."""
+        if scheme != "s3":
+            return [
+                f"{location} is object storage: DuckDB reads {scheme}:// through an extension (httpfs for gs://,",
+                "azure for az://) and a CREATE SECRET with the store's credentials, run before these statements.",
+            ]
+        return [
+            f"{location} is object storage: DuckDB reads s3:// with its httpfs extension (INSTALL httpfs; LOAD httpfs;",
+            "where extensions do not load themselves) and the store's credentials as a secret, created before these",
+            "statements (creating a view reads the files' schemas). For BOS, MinIO or Ceph name the endpoint:",
+            "  CREATE SECRET ftlog_data (TYPE s3, KEY_ID '...', SECRET '...', REGION '...',",
+            "                            ENDPOINT 's3.bj.bcebos.com', URL_STYLE 'path');",
+            "or, with the aws extension, CREATE SECRET ftlog_data (TYPE s3, PROVIDER credential_chain) takes them from",
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the other usual variables.",
+        ]  # fmt: skip
+
+
+# The SQL type of each type a declared column has (lists and structs are built of these).
+SQL_TYPES = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+             pa.bool_(): "BOOLEAN", pa.date32(): "DATE", TS: "TIMESTAMPTZ"}  # fmt: skip
+DUCKDB = Dialect()
+
+
 @dataclass(frozen=True)
 class Table:
     """One table of the dataset, and the rules every writer and reader of it follows."""
@@ -118,37 +258,36 @@ class Table:
     # Declared after files of the table were first written: older files lack them, and readers take them as NULL.
     added_columns: tuple[str, ...] = ()
 
-    def distinct(self, source: str) -> str:
+    def distinct(self, source: str, dialect: Dialect = DUCKDB) -> str:
         """SQL: the rows of ``source`` (a table expression), once per natural key."""
-        return f"SELECT DISTINCT ON ({', '.join(self.natural_key)}) * FROM {source}"
+        return dialect.distinct_on(self.natural_key, source)
 
-    def rank(self) -> str:
+    def rank(self, dialect: Dialect = DUCKDB) -> str:
         """SQL window expression over rows of this table: 1 for the row that stands for its ``one_per``, 2 and on
         for the rows it outranks."""
-        return f"row_number() OVER (PARTITION BY {', '.join(self.one_per)} ORDER BY {', '.join(self.first_by)})"
+        order = ", ".join(dialect.order_term(column, descending) for column, _, descending in self._order())
+        return f"row_number() OVER (PARTITION BY {', '.join(self.one_per)} ORDER BY {order})"
 
-    def first(self, value: str, *, where: str | None = None) -> str:
+    def first(self, value: str, *, where: str | None = None, dialect: Dialect = DUCKDB) -> str:
         """SQL aggregate over rows grouped by ``one_per``: ``value`` (an expression, e.g. a :func:`struct` of
         columns, or a table alias for the whole row) of the row that :meth:`rank` ranks 1, among the rows that match
         ``where``. One ``arg_min`` over a sort key instead of a window, which would sort every row: the ``curves``
         view and ``analysis.compare`` depend on the speed."""
-        key = ", ".join(f"'k{i}': {self._ascending(term)}" for i, term in enumerate(self.first_by))
-        aggregate = f"arg_min({value}, {{{key}}})"
+        aggregate = dialect.arg_min(value, self._order())
         return f"{aggregate} FILTER (WHERE {where})" if where else aggregate
 
-    def _ascending(self, term: str) -> str:
-        """A term of ``first_by`` as a value that sorts ascending: arg_min takes no direction."""
-        column, _, direction = term.partition(" ")
-        if direction.upper() != "DESC":
-            return column
-        if self.schema.field(column).type != TS:
-            raise ValueError(f"{self.name}: cannot rank by {term} with arg_min")  # pragma: no cover - a declaration
-        return f"-epoch_us({column})"
+    def _order(self) -> list[tuple[str, pa.DataType, bool]]:
+        """``first_by`` as (column, type, descending) terms."""
+        terms = []
+        for term in self.first_by:
+            column, _, direction = term.partition(" ")
+            terms.append((column, self.schema.field(column).type, direction.upper() == "DESC"))
+        return terms
 
 
-def struct(columns: tuple[str, ...] | list[str]) -> str:
+def struct(columns: tuple[str, ...] | list[str], dialect: Dialect = DUCKDB) -> str:
     """SQL: a struct of ``columns`` under their own names, for :meth:`Table.first`."""
-    return "{" + ", ".join(f"'{column}': {column}" for column in columns) + "}"
+    return dialect.struct({column: column for column in columns})
 
 
 TABLES: dict[str, Table] = {

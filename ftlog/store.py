@@ -203,6 +203,19 @@ class Dataset:
             for day in found
         ]
 
+    def create_tables(self, now: datetime) -> list[str]:
+        """Give each table that has no folder yet a file of no rows, in the partition of ``now``'s UTC date: from
+        the first round on, every table folder holds a file that any reader can open and take the columns from
+        (pandas, pyarrow, polars, Spark and DuckDB fail on a missing folder, and most on an empty one). Returns the
+        paths written."""
+        try:
+            found = self.fs.get_file_info([self.path(name) for name in TABLES])
+        except OSError as exc:
+            raise DataError(f"cannot read {self.display}: {reason(exc)}") from None
+        day = now.astimezone(timezone.utc).date()
+        missing = [name for name, info in zip(TABLES, found, strict=True) if info.type == pafs.FileType.NotFound]
+        return [self.write_table(name, TABLES[name].schema.empty_table(), day, now) for name in missing]
+
     # -- reading ----------------------------------------------------------------------------------------------
     def partitions(self, name: str) -> dict[str, list[pafs.FileInfo]]:
         """``{"YYYY-MM-DD": [data files]}`` for one table; temporary and hidden files are never listed."""
@@ -295,24 +308,13 @@ class Dataset:
             return sources
         raise DataError(f"{self.path(name)} kept changing while being read; try again")
 
-    def duckdb_source(self, name: str, *, filename: bool = False, sources: list[str] | None = None) -> str:
-        """A DuckDB table expression over every data file of ``name`` (hive partitions, schema by name), or over
-        ``sources`` (paths or globs) when given.
-
-        Local folders are read by DuckDB directly; object stores through :meth:`register_with`, which hands
-        DuckDB this dataset's own pyarrow filesystem. Either way the SQL is the same.
-        """
-        quoted = [
-            "'{}'".format((pattern if self.is_local else f"{self.scheme}://{pattern}").replace("'", "''"))
-            for pattern in (sources if sources is not None else [self.path(name, "date=*", DATA_FILES)])
-        ]
-        files = quoted[0] if sources is None else f"[{', '.join(quoted)}]"
-        options = ", filename = true" if filename else ""
-        return f"read_parquet({files}, hive_partitioning = true, union_by_name = true{options})"
+    def uri(self, path: str) -> str:
+        """``path`` (of :meth:`path`) as DuckDB and other engines name it: a local path, or the store's URI."""
+        return path if self.is_local else f"{self.scheme}://{path}"
 
     def register_with(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Let DuckDB read an object-store dataset through the same filesystem ftlog writes with (no DuckDB
-        extension to download, the same endpoint and credentials)."""
+        """Let DuckDB read an object-store dataset (at :meth:`uri`) through the same filesystem ftlog writes with
+        (no DuckDB extension to download, the same endpoint and credentials)."""
         if self.is_local or self.scheme in con.list_filesystems():
             return
         if self._duckdb_fs is None:

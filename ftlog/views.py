@@ -8,151 +8,183 @@ once, in ``schema.TABLES``, and the SQL that applies them is generated there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 
-from .compat import arrow, lambda_sql
+from .compat import arrow
 from .errors import DataError, QueryError
-from .schema import CURVE_SUMMARY, TABLES, struct
-from .store import Dataset
+from .schema import CURVE_SUMMARY, DUCKDB, TABLES, Dialect, struct
+from .store import DATA_FILES, Dataset
 
 T = TypeVar("T")
 VANISHED_RETRIES = 5
 SNAPSHOTS, CHECKPOINTS, EVENTS = TABLES["snapshots"], TABLES["checkpoints"], TABLES["events"]
+DIALECTS = {dialect.name: dialect for dialect in (DUCKDB,)}  # ftlog sql --engine NAME (config.SQL_ENGINES)
 
 # The attributes a curve is grouped by, per task as its latest snapshot holds them. Straight from the stored rows
 # (a repeat of a state carries the same values), which spares the snapshots view's window function.
 CURVE_ATTRIBUTES = ("job_id", "job_name", "model", "train_mode", "parameter_scale")
-TASK_ATTRIBUTES = f"""
-    SELECT task_id, unnest({SNAPSHOTS.first(struct(CURVE_ATTRIBUTES))}) FROM _snapshots GROUP BY task_id
-"""
+# The curve summary columns (schema.CURVE_SUMMARY) serve analysis.compare from ``_snapshots``; the view leaves them
+# out, since checkpoint values are the checkpoints view's to show.
+SNAPSHOT_COLUMNS = tuple(column for column in SNAPSHOTS.schema.names if column not in CURVE_SUMMARY)
+WITH_FILENAME = ("checkpoints",)  # the raw tables that carry each row's file: see the checkpoints view
 
-_SNAPSHOT_COLUMNS = lambda_sql("c", f"c NOT IN ('prev_hash', {', '.join(repr(c) for c in CURVE_SUMMARY)})")
 
-# name -> SQL. Sources are the raw tables ``_snapshots``, ``_checkpoints`` and ``_polls`` (created by connect()).
-VIEWS: dict[str, str] = {
-    # The curve summary columns (schema.CURVE_SUMMARY) serve analysis.compare from ``_snapshots``; views leave
-    # them out, since checkpoint values are the checkpoints view's to show (COLUMNS: older files lack them).
-    "snapshots": f"""
-        SELECT COLUMNS({_SNAPSHOT_COLUMNS}) FROM (
-            SELECT *, lag(state_hash) OVER (PARTITION BY task_id ORDER BY observed_at, state_hash) AS prev_hash
-            FROM ({SNAPSHOTS.distinct("_snapshots")})
-        ) WHERE prev_hash IS DISTINCT FROM state_hash
-    """,
-    "polls": TABLES["polls"].distinct("_polls"),
-    "tasks": f"""
-        WITH latest AS (
-            SELECT unnest({SNAPSHOTS.first("s")}), min(observed_at) AS first_seen_at FROM snapshots s GROUP BY task_id
-        ), last_poll AS (SELECT task_id, max(polled_at) AS last_polled_at FROM polls GROUP BY task_id)
-        SELECT latest.*, last_poll.last_polled_at FROM latest LEFT JOIN last_poll USING (task_id)
-    """,
-    # The latest value per (task_id, step). A collector's file holds each task's step once, and compaction marks
-    # every repeat within its file as superseded, so a step can repeat only across files: for a task whose files'
-    # step ranges are disjoint, every row already is the latest. Only tasks with overlapping ranges (a changed
-    # value, overlapping collectors, an interrupted compaction) or with files of unknown make (superseded NULL,
-    # written before the column existed) pay for de-duplication, which on every row would cost more than the scan.
-    "checkpoints": f"""
-        WITH candidates AS (
-            SELECT task_id, step, perplexity, training_loss, observed_at, superseded, filename FROM _checkpoints
-            WHERE superseded IS NOT TRUE
-        ), spans AS (
-            SELECT task_id, filename, min(step) AS low, max(step) AS high, bool_or(superseded IS NULL) AS unknown
-            FROM candidates GROUP BY task_id, filename
-        ), mixed AS (
-            SELECT task_id FROM spans WHERE unknown
-            UNION
-            SELECT a.task_id FROM spans a JOIN spans b
-                ON a.task_id = b.task_id AND a.filename < b.filename AND a.low <= b.high AND b.low <= a.high
-        )
-        SELECT task_id, step, perplexity, training_loss, observed_at FROM candidates ANTI JOIN mixed USING (task_id)
-        UNION ALL (
-            SELECT task_id, step, perplexity, training_loss, observed_at FROM candidates SEMI JOIN mixed USING (task_id)
-            QUALIFY {CHECKPOINTS.rank()} = 1
-        )
-    """,
-    # Every checkpoint with its task's current attributes, for curves across models, modes and scales.
-    "curves": f"""
-        SELECT c.task_id, a.job_id, a.job_name, a.model, a.train_mode, a.parameter_scale,
-               c.step, c.training_loss, c.perplexity, c.observed_at
-        FROM checkpoints c JOIN ({TASK_ATTRIBUTES}) a USING (task_id)
-    """,
-    "reported_metrics": f"""
-        SELECT unnest({SNAPSHOTS.first("s")}) FROM snapshots s WHERE len(metrics) > 0 GROUP BY task_id
-    """,
-    "metrics": """
-        SELECT task_id, job_id, model, train_mode, parameter_scale, bleu_4, rouge_1, rouge_2, rouge_l, observed_at
-        FROM reported_metrics
-    """,
-    "metric_values": """
-        SELECT task_id, m.metric AS metric, m.value AS value, observed_at
-        FROM (SELECT task_id, observed_at, unnest(metrics) AS m FROM reported_metrics)
-    """,
-    "status_changes": """
-        SELECT task_id, from_status, run_status AS to_status, observed_at AS changed_at FROM (
-            SELECT task_id, run_status, observed_at,
-                   lag(run_status) OVER (PARTITION BY task_id ORDER BY observed_at) AS from_status,
-                   row_number() OVER (PARTITION BY task_id ORDER BY observed_at) AS nth
-            FROM snapshots
-        ) WHERE nth = 1 OR from_status IS DISTINCT FROM run_status
-    """,
-    # Overlapping or restarted collectors derive the same event_id for the same event: keep its first sighting.
-    "events": f"""
-        SELECT task_id, kind, observed_at AS "at", details, event_id FROM _events QUALIFY {EVENTS.rank()} = 1
-    """,
-    "deliveries": TABLES["deliveries"].distinct("_deliveries"),
-}
+def task_attributes(d: Dialect = DUCKDB) -> str:
+    """SQL: per task, its CURVE_ATTRIBUTES."""
+    latest = SNAPSHOTS.first(struct(CURVE_ATTRIBUTES, d), dialect=d)
+    return d.spread([("task_id", "task_id"), (latest, None)], "_snapshots GROUP BY task_id")
+
+
+TASK_ATTRIBUTES = task_attributes()
+
+
+@functools.cache
+def view_definitions(d: Dialect = DUCKDB) -> dict[str, str]:
+    """name -> the SQL of each view, in dialect ``d``. Sources are the raw tables ``_snapshots``, ``_checkpoints``,
+    ``_polls``, ``_events`` and ``_deliveries``: every stored row, as declared (see :func:`view_statements`)."""
+    latest = SNAPSHOTS.first(d.row("s"), dialect=d)
+    point = "task_id, step, perplexity, training_loss, observed_at"
+    views = {
+        "snapshots": f"""
+            SELECT {", ".join(SNAPSHOT_COLUMNS)} FROM (
+                SELECT *, lag(state_hash) OVER (PARTITION BY task_id ORDER BY observed_at, state_hash) AS prev_hash
+                FROM ({SNAPSHOTS.distinct("_snapshots", d)})
+            ) WHERE prev_hash IS DISTINCT FROM state_hash
+        """,
+        "polls": TABLES["polls"].distinct("_polls", d),
+        "tasks": f"""
+            WITH latest AS (
+                {d.spread([(latest, None), ("min(observed_at)", "first_seen_at")], "snapshots s GROUP BY task_id")}
+            ), last_poll AS (SELECT task_id, max(polled_at) AS last_polled_at FROM polls GROUP BY task_id)
+            SELECT latest.*, last_poll.last_polled_at FROM latest LEFT JOIN last_poll USING (task_id)
+        """,
+        # The latest value per (task_id, step). A collector's file holds each task's step once, and compaction marks
+        # every repeat within its file as superseded, so a step can repeat only across files: for a task whose files'
+        # step ranges are disjoint, every row already is the latest. Only tasks with overlapping ranges (a changed
+        # value, overlapping collectors, an interrupted compaction) or with files of unknown make (superseded NULL,
+        # written before the column existed) pay for de-duplication, which on every row would cost more than the scan.
+        "checkpoints": f"""
+            WITH candidates AS (
+                SELECT {point}, superseded, filename FROM _checkpoints WHERE superseded IS NOT TRUE
+            ), spans AS (
+                SELECT task_id, filename, min(step) AS low, max(step) AS high, bool_or(superseded IS NULL) AS unknown
+                FROM candidates GROUP BY task_id, filename
+            ), mixed AS (
+                SELECT task_id FROM spans WHERE unknown
+                UNION
+                SELECT a.task_id FROM spans a JOIN spans b
+                    ON a.task_id = b.task_id AND a.filename < b.filename AND a.low <= b.high AND b.low <= a.high
+            )
+            SELECT {point} FROM candidates {d.anti_join} mixed USING (task_id)
+            UNION ALL (
+                {d.qualify(point, f"candidates {d.semi_join} mixed USING (task_id)", CHECKPOINTS.rank(d))}
+            )
+        """,
+        # Every checkpoint with its task's current attributes, for curves across models, modes and scales.
+        "curves": f"""
+            SELECT c.task_id, a.job_id, a.job_name, a.model, a.train_mode, a.parameter_scale,
+                   c.step, c.training_loss, c.perplexity, c.observed_at
+            FROM checkpoints c JOIN ({task_attributes(d)}) a USING (task_id)
+        """,
+        "reported_metrics": d.spread([(latest, None)], f"snapshots s WHERE {d.length('metrics')} > 0 GROUP BY task_id"),
+        "metrics": """
+            SELECT task_id, job_id, model, train_mode, parameter_scale, bleu_4, rouge_1, rouge_2, rouge_l, observed_at
+            FROM reported_metrics
+        """,
+        "metric_values": f"""
+            SELECT task_id, m.metric AS metric, m.value AS value, observed_at
+            FROM (SELECT task_id, observed_at, {d.explode("metrics")} AS m FROM reported_metrics)
+        """,
+        "status_changes": """
+            SELECT task_id, from_status, run_status AS to_status, observed_at AS changed_at FROM (
+                SELECT task_id, run_status, observed_at,
+                       lag(run_status) OVER (PARTITION BY task_id ORDER BY observed_at) AS from_status,
+                       row_number() OVER (PARTITION BY task_id ORDER BY observed_at) AS nth
+                FROM snapshots
+            ) WHERE nth = 1 OR from_status IS DISTINCT FROM run_status
+        """,
+        # Overlapping or restarted collectors derive the same event_id for the same event: keep its first sighting.
+        "events": d.qualify(
+            f"task_id, kind, observed_at AS {d.quote('at')}, details, event_id", "_events", EVENTS.rank(d)
+        ),
+        "deliveries": TABLES["deliveries"].distinct("_deliveries", d),
+    }
+    return {name: textwrap.dedent(sql).strip() for name, sql in views.items()}
+
+
+VIEWS = view_definitions()  # ftlog's own, in DuckDB
 VIEW_ORDER = ["snapshots", "polls", "tasks", "checkpoints", "curves", "reported_metrics", "metrics", "metric_values",
               "status_changes", "events", "deliveries"]  # fmt: skip
 
 
-def ensure_views(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
-    """(Re)create the source tables and every view; idempotent. Empty tables get typed empty sources."""
-    dataset.register_with(con)
+def view_statements(files: Mapping[str, list[str] | None], d: Dialect = DUCKDB) -> list[str]:
+    """The statements that create every view, in dialect ``d``, over the data ``files`` of each table (paths or
+    globs; None or absent: the table has none, and its raw table is empty): first the raw tables ``_<table>`` (every
+    stored row as declared, see ``Dialect.source``), then the views of VIEW_ORDER. ftlog runs them in DuckDB
+    (:func:`ensure_views`), and ``ftlog sql`` prints them for other sessions and engines (:func:`sql_script`)."""
+    statements = []
     for name, table in TABLES.items():
-        con.register(f"_{name}_empty", table.schema.empty_table())
-        # Which file each row came from: the checkpoints view compares files' step ranges (see VIEWS).
-        with_filename = name == "checkpoints"
-        # One glob over the table while its columns bind as declared, which is the rule. A file that does not read,
-        # or of another schema, fails or changes the binding: then the files are taken one by one, and those that
-        # cannot be used are skipped with a warning (Dataset.usable), so one damaged file never stops a reader.
-        if dataset.files(name):
-            if _bind_source(con, name, dataset.duckdb_source(name, filename=with_filename)):
-                continue
-            sources = dataset.usable_sources(name)
-            if sources:
-                if _bind_source(con, name, dataset.duckdb_source(name, filename=with_filename, sources=sources)):
-                    continue
+        statements += d.create_source(f"_{name}", table.schema, files.get(name), filename=name in WITH_FILENAME)
+    definitions = view_definitions(d)
+    return statements + [d.create_view(name, definitions[name]) for name in VIEW_ORDER]
+
+
+def ensure_views(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
+    """(Re)create the raw tables and every view; idempotent."""
+    for statement in view_statements(table_files(con, dataset)):
+        con.execute(statement)
+
+
+def table_files(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> dict[str, list[str] | None]:
+    """Which data files each table's raw table reads, as paths or globs (None: the table has no usable file).
+
+    One glob over the table while its files bind as declared, which is the rule. A file that does not read, or of
+    another schema, fails or changes the binding: then the files are taken one by one, and those that cannot be
+    used are left out with a warning (Dataset.usable), so one damaged file never stops a reader. Reads each file's
+    schema through ``con``, which is given the dataset's filesystem for an object store."""
+    dataset.register_with(con)
+    found: dict[str, list[str] | None] = {}
+    for name in TABLES:
+        found[name] = None
+        if not dataset.files(name):
+            continue
+        every = _every_file(dataset, name)
+        if _binds(con, name, every):
+            found[name] = every
+            continue
+        usable = [dataset.uri(path) for path in dataset.usable_sources(name)]
+        if usable:
+            if not _binds(con, name, usable):
                 raise DataError(f"cannot read the {name} files of {dataset.display} as declared; run `ftlog check`")
-        extra = ", NULL::VARCHAR AS filename" if with_filename else ""
-        con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT *{extra} FROM _{name}_empty")
-    for name in VIEW_ORDER:
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
+            found[name] = usable
+    return found
 
 
-def _bind_source(con: duckdb.DuckDBPyConnection, name: str, source: str) -> bool:
-    """Make ``_name`` the rows of ``source``. False when they do not bind as the declared columns: a file that does
-    not read or has another schema fails the binding, or widens a column's type, or adds a column. A file removed
-    meanwhile raises, for :func:`retry_vanished` to list again."""
+def _every_file(dataset: Dataset, name: str) -> list[str]:
+    return [dataset.uri(dataset.path(name, "date=*", DATA_FILES))]
+
+
+def _binds(con: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> bool:
+    """Whether ``files`` bind as the declared columns of table ``name``. Not when a file does not read or has
+    another schema: it fails the binding, or gives a column another type, or adds a column. Columns that every file
+    lacks are fine: they were declared after the files were written, and the raw table has them as NULL. A file
+    removed meanwhile raises, for :func:`retry_vanished` to list again."""
     try:
-        con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date) FROM {source}")
+        found = con.sql(f"SELECT * EXCLUDE (date) FROM {DUCKDB.read_parquet(files)}")
     except duckdb.Error as exc:
         if _vanished(exc):
             raise
         return False
-    declared, bound = con.table(f"_{name}_empty"), con.table(f"_{name}")
+    declared = con.sql(DUCKDB.empty([(field.name, field.type) for field in TABLES[name].schema]))
     wanted = {column: str(kind) for column, kind in zip(declared.columns, declared.types, strict=True)}
-    found = {column: str(kind) for column, kind in zip(bound.columns, bound.types, strict=True)}
-    if any(wanted.get(column) != kind for column, kind in found.items() if column != "filename"):
-        return False
-    # Files written before a column was declared lack it; when every file does, add it as NULL.
-    missing = [f"NULL::{kind} AS {column}" for column, kind in wanted.items() if column not in found]
-    if missing:
-        con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * EXCLUDE (date), {', '.join(missing)} FROM {source}")
-    return True
+    return all(wanted.get(column) == str(kind) for column, kind in zip(found.columns, found.types, strict=True))
 
 
 def _vanished(exc: duckdb.Error) -> bool:
@@ -172,13 +204,44 @@ def connect(data: str | Path | Dataset = "data", *, confined: bool = False) -> d
     """
     dataset = data if isinstance(data, Dataset) else Dataset(data)
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    for setting in DUCKDB.session():  # times in UTC, as the printed statements set them too
+        con.execute(setting)
     # Data files are immutable (a new name for every write), so their footers can be cached for the connection.
     con.execute("SET parquet_metadata_cache = true")
     retry_vanished(lambda: ensure_views(con, dataset))  # creating a view reads every file's schema
     if confined:
         confine(con, dataset)
     return con
+
+
+def sql_script(data: str | Path | Dataset, engine: str = "duckdb") -> str:
+    """The statements that register every ftlog view over the dataset at ``data`` in another session of ``engine``
+    (a name of DIALECTS), as one script: what ``ftlog sql`` prints. They are ftlog's own (see
+    :func:`view_statements`), over the files ftlog would read now; only comments say what a session needs besides.
+
+    >>> con = duckdb.connect()  # doctest: +SKIP
+    >>> con.execute(sql_script("data"))  # doctest: +SKIP
+    >>> con.sql("SELECT count(*) FROM tasks").fetchall()  # doctest: +SKIP
+    """
+    dataset = data if isinstance(data, Dataset) else Dataset(data)
+    d = DIALECTS[engine]
+    with duckdb.connect() as con:
+        files = retry_vanished(lambda: table_files(con, dataset))
+    notes = [
+        f"ftlog views over {dataset.display}, generated by ftlog from its own view definitions: the same names,",
+        "columns, types and de-duplication as ftlog.connect() and `ftlog query`. Every stored row is in the raw",
+        "tables _snapshots, _checkpoints, _polls, _events and _deliveries, duplicates included.",
+    ]
+    if not dataset.is_local:
+        notes += d.storage_notes(dataset.display, dataset.scheme)
+    for name, found in files.items():
+        if found is None:
+            notes.append(f"{name}: no usable files yet, so _{name} is empty; print the statements again once it has.")
+        elif found != _every_file(dataset, name):
+            notes.append(f"{name}: some files are left out, as ftlog leaves them out (`ftlog check` says why); print "
+                         "the statements again after `ftlog check --repair`.")  # fmt: skip
+    lines = [f"-- {note}".rstrip() for note in notes]
+    return "\n".join(lines) + "\n" + ";\n\n".join([*d.session(), *view_statements(files, d)]) + ";\n"
 
 
 def confine(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
@@ -188,7 +251,7 @@ def confine(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
 
     Within the root DuckDB could still write (``COPY ... TO``), and a statement could still change the catalog:
     :func:`require_select` rejects every statement that is not a query."""
-    root = dataset.root if dataset.is_local else f"{dataset.scheme}://{dataset.root}"  # as duckdb_source names it
+    root = dataset.uri(dataset.root)  # as the views name the files
     con.execute("SET allowed_directories = $1", [[root + "/"]])
     for setting in (
         "enable_external_access = false",  # files and URLs outside allowed_directories, INSTALL, LOAD, ATTACH

@@ -199,7 +199,9 @@ def test_redact_masks_the_credentials_of_every_url_in_a_text(text: str, shown: s
         f"s3://AKIDURI:{URL_SECRET}@bucket/prefix?unknown=1",
     ],
 )
-@pytest.mark.parametrize("command", [["check"], ["query", "SELECT 1"], ["status"], ["report", "--out"]])
+@pytest.mark.parametrize(
+    "command", [["check"], ["query", "SELECT 1"], ["status"], ["report", "--out"], ["sql", "--engine", "duckdb"]]
+)
 def test_credentials_in_a_dataset_uri_are_in_no_error(location: str, command: list[str], tmp_path: Path) -> None:
     out = [str(tmp_path / "report")] if command == ["report", "--out"] else []
     result = CliRunner().invoke(cli, [*command, *out, "--data", location])
@@ -218,9 +220,11 @@ def test_credentials_in_an_s3_uri_reach_no_output_check_or_report(
     shown = s3.replace("s3://", "s3://***@")
     runner = CliRunner()
     runs = [runner.invoke(cli, ["-v", "collect", "--all", "--data", location])]
-    for args in (["status"], ["query", "SELECT count(*) FROM tasks"], ["check"], ["report", "--out", "r"]):
+    for args in (["status"], ["query", "SELECT count(*) FROM tasks"], ["check"], ["report", "--out", "r"],
+                 ["sql", "--engine", "duckdb"]):  # fmt: skip
         runs.append(runner.invoke(cli, ["-v", *args, "--data", location]))
-    assert [r.exit_code for r in runs] == [0] * 5, [r.output for r in runs]
+    assert [r.exit_code for r in runs] == [0] * 6, [r.output for r in runs]
+    assert f"-- ftlog views over {shown}," in runs[5].stdout  # the script names the location without its keys
     assert f"in {shown}: no problems" in runs[3].stdout  # check names the location, without its keys
     html = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
     assert f">{shown}</dd>" in html  # the report's location line
