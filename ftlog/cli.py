@@ -390,7 +390,8 @@ def query(sql: str, fmt: str, data: str) -> None:
 def sql_command(engine: str, data: str) -> None:
     """Print the statements that register every ftlog view (snapshots, tasks, checkpoints, curves, metrics,
     metric_values, status_changes, polls, events, deliveries) over the dataset in another session of ENGINE,
-    generated from ftlog's own view definitions: for duckdb, a script for any DuckDB session, no ftlog needed."""
+    generated from ftlog's own view definitions, for a session with no ftlog: for duckdb, a script for any DuckDB
+    session; for spark, Spark SQL statements, each ending in ';' at the end of a line, to run one by one."""
     from .views import sql_script
 
     click.echo(sql_script(data, engine), nl=False)

@@ -30,7 +30,7 @@ ATTEMPT_SECONDS = 30.0  # ... and one attempt of it
 MAX_BYTES = 32 * 1024 * 1024  # the largest answer read (decoded); larger ones are error polls
 NOTIFY_FORMATS = ("auto", "json", "markdown", "dingtalk", "feishu")
 EVENT_KINDS = ("status", "stall", "best_checkpoint")
-SQL_ENGINES = ("duckdb",)  # `ftlog sql --engine`: the dialects of views.DIALECTS, named here for a light CLI
+SQL_ENGINES = ("duckdb", "spark")  # `ftlog sql --engine`: the dialects of views.DIALECTS, named here for a light CLI
 
 _FLAGGED_DOTENV: set[Path] = set()
 

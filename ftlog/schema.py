@@ -7,12 +7,14 @@ API payloads become rows in ``ftlog/normalise.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
+DATA_FILES = "[!._]*.parquet"  # a partition's data files: like Hive and pyarrow, skip names starting "_" or "."
 # A summary of an answer's checkpoints that each snapshot carries (normalise.curve_summary), so that compare()
 # need not read every checkpoint.
 CURVE_SUMMARY = ("last_step", "final_loss", "best_loss", "final_perplexity", "best_perplexity")
@@ -101,6 +103,23 @@ DELIVERIES = pa.schema(
 )
 
 
+@dataclass(frozen=True)
+class Files:
+    """The data files a reader of one table reads: every data file of its ``folder`` (the table's folder, as
+    engines name it), or, when some cannot be used, the ``parts`` that can: (day, None) for every data file of the
+    day's partition, (day, name) for one file of it."""
+
+    folder: str
+    parts: tuple[tuple[str, str | None], ...] | None = None
+
+    def globs(self, literal: Callable[[str], str]) -> list[str]:
+        """The files as paths and globs, in a glob syntax where ``literal(text)`` matches ``text`` only."""
+        folder = literal(self.folder)
+        if self.parts is None:
+            return [f"{folder}/date=*/{DATA_FILES}"]
+        return [f"{folder}/date={literal(day)}/{literal(name) if name else DATA_FILES}" for day, name in self.parts]
+
+
 class Dialect:
     """How one SQL engine spells what ftlog's views do. The views (``views.view_definitions``) and the rules of the
     tables (:class:`Table`) are written once, against these methods, so that the views ftlog runs and the ones
@@ -142,8 +161,9 @@ class Dialect:
         return f"len({values})"
 
     # -- the rules of the tables (see Table)
-    def distinct_on(self, keys: tuple[str, ...], source: str) -> str:
-        """The rows of ``source``, one per value of ``keys``; which of the rows equal on ``keys`` is left open."""
+    def distinct_on(self, keys: tuple[str, ...], columns: list[str], source: str) -> str:
+        """The rows of ``source`` (of ``columns``), one per value of ``keys``; which of the rows equal on ``keys``
+        is left open."""
         return f"SELECT DISTINCT ON ({', '.join(keys)}) * FROM {source}"
 
     def order_term(self, column: str, descending: bool) -> str:
@@ -184,16 +204,21 @@ class Dialect:
         cast = (f"CAST(NULL AS {self.type(kind)}) AS {self.quote(name)}" for name, kind in columns)
         return f"SELECT {', '.join(cast)} WHERE false"
 
-    def read_parquet(self, files: list[str], *, filename: bool = False) -> str:
-        """A table expression over Parquet ``files`` (paths or globs) in hive partitions, columns matched by name
-        across files, with a ``filename`` column when asked."""
-        listed = self.string(files[0]) if len(files) == 1 else f"[{', '.join(map(self.string, files))}]"
+    def literal(self, path: str) -> str:
+        """A glob that matches ``path`` only: DuckDB's globs take ``[x]`` as x."""
+        return path.replace("[", "[[]").replace("*", "[*]").replace("?", "[?]")
+
+    def read_parquet(self, files: Files, *, filename: bool = False) -> str:
+        """A table expression over Parquet ``files`` in hive partitions, columns matched by name across files, with
+        a ``filename`` column when asked."""
+        globs = files.globs(self.literal)
+        listed = self.string(globs[0]) if len(globs) == 1 else f"[{', '.join(map(self.string, globs))}]"
         return f"read_parquet({listed}, hive_partitioning = true, union_by_name = true{', filename = true' * filename})"
 
-    def source(self, schema: pa.Schema, files: list[str] | None, *, filename: bool = False) -> str:
-        """A query of the rows of a table's data ``files`` (paths or globs; None: none) as its declared ``schema``:
-        NULL where a file lacks a column (written before it was declared), and nothing else (not the ``date`` of
-        the partition), plus ``filename`` (the file of each row) when asked."""
+    def source(self, schema: pa.Schema, files: Files | None, *, filename: bool = False) -> str:
+        """A query of the rows of a table's data ``files`` (None: none) as its declared ``schema``: NULL where a
+        file lacks a column (written before it was declared), and nothing else (not the ``date`` of the
+        partition), plus ``filename`` (the file of each row) when asked."""
         columns = [(field.name, field.type) for field in schema] + [("filename", pa.string())] * filename
         empty = self.empty(columns)
         if not files:
@@ -203,9 +228,7 @@ class Dialect:
         stored = self.read_parquet(files, filename=filename)
         return f"SELECT {names} FROM ({empty} UNION ALL BY NAME SELECT * FROM {stored})"
 
-    def create_source(
-        self, name: str, schema: pa.Schema, files: list[str] | None, *, filename: bool = False
-    ) -> list[str]:
+    def create_source(self, name: str, schema: pa.Schema, files: Files | None, *, filename: bool = False) -> list[str]:
         """The statements that make view ``name`` the rows of a table's data ``files``, as :meth:`source` reads them."""
         return [self.create_view(name, self.source(schema, files, filename=filename))]
 
@@ -260,7 +283,7 @@ class Table:
 
     def distinct(self, source: str, dialect: Dialect = DUCKDB) -> str:
         """SQL: the rows of ``source`` (a table expression), once per natural key."""
-        return dialect.distinct_on(self.natural_key, source)
+        return dialect.distinct_on(self.natural_key, self.schema.names, source)
 
     def rank(self, dialect: Dialect = DUCKDB) -> str:
         """SQL window expression over rows of this table: 1 for the row that stands for its ``one_per``, 2 and on

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_state"  # the collector state files (ftlog/state.py): hidden from readers by the "_"
 OPEN_PARTITION_MAX_FILES = 48  # compact today's partition too once it holds this many files
 STALE_TMP = timedelta(hours=1)
-DATA_FILES = "[!._]*.parquet"  # a partition's data files: like Hive and pyarrow, skip names starting "_" or "."
 MAX_LISTINGS = 5  # listings of a table until none of its files vanishes before it is read
 
 
@@ -293,19 +292,19 @@ class Dataset:
         warn_skipped(path, reason(exc, path))
         return False
 
-    def usable_sources(self, name: str) -> list[str]:
-        """What a reader of ``name`` reads when some file cannot be used (see :meth:`usable`): a glob per partition
-        whose files all can, and the usable files by name of the other partitions (compaction leaves those alone,
-        so the names stay valid). Listed again if a file vanishes meanwhile."""
+    def usable_parts(self, name: str) -> list[tuple[str, str | None]]:
+        """What a reader of ``name`` reads when some file cannot be used (see :meth:`usable`): (day, None) for a
+        partition whose files all can, and (day, name) for each usable file of the other partitions (compaction
+        leaves those alone, so the names stay valid). Listed again if a file vanishes meanwhile."""
         for _ in range(MAX_LISTINGS):
-            sources: list[str] = []
+            parts: list[tuple[str, str | None]] = []
             try:
                 for day, infos in sorted(self.partitions(name).items()):
-                    good = [info.path for info in infos if self.usable(info.path, name)]
-                    sources += [self.path(name, f"date={day}", DATA_FILES)] if len(good) == len(infos) else good
+                    good = [info.base_name for info in infos if self.usable(info.path, name)]
+                    parts += [(day, None)] if len(good) == len(infos) else [(day, file) for file in good]
             except FileNotFoundError:
                 continue
-            return sources
+            return parts
         raise DataError(f"{self.path(name)} kept changing while being read; try again")
 
     def uri(self, path: str) -> str:

@@ -19,13 +19,15 @@ import pyarrow as pa
 
 from .compat import arrow
 from .errors import DataError, QueryError
-from .schema import CURVE_SUMMARY, DUCKDB, TABLES, Dialect, struct
-from .store import DATA_FILES, Dataset
+from .redact import printable
+from .schema import CURVE_SUMMARY, DUCKDB, TABLES, Dialect, Files, struct
+from .spark import SPARK
+from .store import Dataset
 
 T = TypeVar("T")
 VANISHED_RETRIES = 5
 SNAPSHOTS, CHECKPOINTS, EVENTS = TABLES["snapshots"], TABLES["checkpoints"], TABLES["events"]
-DIALECTS = {dialect.name: dialect for dialect in (DUCKDB,)}  # ftlog sql --engine NAME (config.SQL_ENGINES)
+DIALECTS = {dialect.name: dialect for dialect in (DUCKDB, SPARK)}  # ftlog sql --engine NAME (config.SQL_ENGINES)
 
 # The attributes a curve is grouped by, per task as its latest snapshot holds them. Straight from the stored rows
 # (a repeat of a state carries the same values), which spares the snapshots view's window function.
@@ -124,9 +126,9 @@ VIEW_ORDER = ["snapshots", "polls", "tasks", "checkpoints", "curves", "reported_
               "status_changes", "events", "deliveries"]  # fmt: skip
 
 
-def view_statements(files: Mapping[str, list[str] | None], d: Dialect = DUCKDB) -> list[str]:
-    """The statements that create every view, in dialect ``d``, over the data ``files`` of each table (paths or
-    globs; None or absent: the table has none, and its raw table is empty): first the raw tables ``_<table>`` (every
+def view_statements(files: Mapping[str, Files | None], d: Dialect = DUCKDB) -> list[str]:
+    """The statements that create every view, in dialect ``d``, over the data ``files`` of each table (None or
+    absent: the table has none, and its raw table is empty): first the raw tables ``_<table>`` (every
     stored row as declared, see ``Dialect.source``), then the views of VIEW_ORDER. ftlog runs them in DuckDB
     (:func:`ensure_views`), and ``ftlog sql`` prints them for other sessions and engines (:func:`sql_script`)."""
     statements = []
@@ -142,36 +144,32 @@ def ensure_views(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
         con.execute(statement)
 
 
-def table_files(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> dict[str, list[str] | None]:
-    """Which data files each table's raw table reads, as paths or globs (None: the table has no usable file).
+def table_files(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> dict[str, Files | None]:
+    """Which data files each table's raw table reads (None: the table has no usable file).
 
-    One glob over the table while its files bind as declared, which is the rule. A file that does not read, or of
-    another schema, fails or changes the binding: then the files are taken one by one, and those that cannot be
-    used are left out with a warning (Dataset.usable), so one damaged file never stops a reader. Reads each file's
-    schema through ``con``, which is given the dataset's filesystem for an object store."""
+    Every data file while they all bind as declared, which is the rule. A file that does not read, or of another
+    schema, fails or changes the binding: then the files are taken one by one, and those that cannot be used are
+    left out with a warning (Dataset.usable), so one damaged file never stops a reader. Reads each file's schema
+    through ``con``, which is given the dataset's filesystem for an object store."""
     dataset.register_with(con)
-    found: dict[str, list[str] | None] = {}
+    found: dict[str, Files | None] = {}
     for name in TABLES:
         found[name] = None
         if not dataset.files(name):
             continue
-        every = _every_file(dataset, name)
+        every = Files(dataset.uri(dataset.path(name)))
         if _binds(con, name, every):
             found[name] = every
             continue
-        usable = [dataset.uri(path) for path in dataset.usable_sources(name)]
-        if usable:
+        usable = Files(every.folder, tuple(dataset.usable_parts(name)))
+        if usable.parts:
             if not _binds(con, name, usable):
                 raise DataError(f"cannot read the {name} files of {dataset.display} as declared; run `ftlog check`")
             found[name] = usable
     return found
 
 
-def _every_file(dataset: Dataset, name: str) -> list[str]:
-    return [dataset.uri(dataset.path(name, "date=*", DATA_FILES))]
-
-
-def _binds(con: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> bool:
+def _binds(con: duckdb.DuckDBPyConnection, name: str, files: Files) -> bool:
     """Whether ``files`` bind as the declared columns of table ``name``. Not when a file does not read or has
     another schema: it fails the binding, or gives a column another type, or adds a column. Columns that every file
     lacks are fine: they were declared after the files were written, and the raw table has them as NULL. A file
@@ -237,10 +235,10 @@ def sql_script(data: str | Path | Dataset, engine: str = "duckdb") -> str:
     for name, found in files.items():
         if found is None:
             notes.append(f"{name}: no usable files yet, so _{name} is empty; print the statements again once it has.")
-        elif found != _every_file(dataset, name):
+        elif found.parts is not None:
             notes.append(f"{name}: some files are left out, as ftlog leaves them out (`ftlog check` says why); print "
                          "the statements again after `ftlog check --repair`.")  # fmt: skip
-    lines = [f"-- {note}".rstrip() for note in notes]
+    lines = [f"-- {printable(note)}".rstrip() for note in notes]  # a line break in a path must not end the comment
     return "\n".join(lines) + "\n" + ";\n\n".join([*d.session(), *view_statements(files, d)]) + ";\n"
 
 
@@ -252,7 +250,10 @@ def confine(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
     Within the root DuckDB could still write (``COPY ... TO``), and a statement could still change the catalog:
     :func:`require_select` rejects every statement that is not a query."""
     root = dataset.uri(dataset.root)  # as the views name the files
-    con.execute("SET allowed_directories = $1", [[root + "/"]])
+    # DuckDB checks a glob as written as well as the files it finds: a root with glob characters is allowed in both
+    # forms (the escaped one names no other folder unless one is named so, a name no one gives a folder).
+    allowed = sorted({root + "/", DUCKDB.literal(root) + "/"})
+    con.execute("SET allowed_directories = $1", [allowed])
     for setting in (
         "enable_external_access = false",  # files and URLs outside allowed_directories, INSTALL, LOAD, ATTACH
         "autoinstall_known_extensions = false",

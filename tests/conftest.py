@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ftlog.client import Credentials, QianfanClient, RetryPolicy
 from ftlog.simulator import Simulator
 from ftlog.store import Dataset
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 # Distinctive values, so tests can prove they never leak into anything ftlog writes.
 SECRET_AK = "AKftlogTEST7f3c9e1d"
@@ -53,3 +58,29 @@ def api_env(sim: Simulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("FTLOG_RPS", "500")
     monkeypatch.chdir(tmp_path)
     return sim
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    """One local Spark session for every test (starting one takes seconds), on loopback, writing only to a
+    temporary folder, and storing times in Parquet as DuckDB reads them."""
+    from pyspark.sql import SparkSession
+
+    if shutil.which("java") is None:
+        pytest.fail("Spark needs a Java runtime (17 or newer): apt-get install openjdk-17-jre-headless (.ci/run does)")
+    scratch = tmp_path_factory.mktemp("spark")
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("ftlog-tests")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.local.dir", str(scratch / "local"))
+        .config("spark.sql.warehouse.dir", str(scratch / "warehouse"))
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -1,6 +1,7 @@
-"""ftlog's views outside ftlog. `ftlog sql --engine duckdb` prints statements that give a plain DuckDB session
-exactly the rows of ftlog's own views, over a dataset with every kind of stored duplicate; and pandas, pyarrow and
-polars read every raw table folder from the first round on, `date` as a date and times in UTC."""
+"""ftlog's views outside ftlog. `ftlog sql --engine duckdb|spark` prints statements that give a plain DuckDB session
+and a real Spark session (local mode) exactly the rows of ftlog's own views, over a dataset with every kind of
+stored duplicate; and pandas, pyarrow and polars read every raw table folder from the first round on, `date` as a
+date and times in UTC."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import datetime as dt
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import duckdb
 import pandas as pd
@@ -29,7 +30,10 @@ from ftlog.notify import Notifier, targets_from
 from ftlog.schema import CURVE_SUMMARY, TABLES, TS
 from ftlog.simulator import Simulator
 from ftlog.store import Dataset
-from ftlog.views import DIALECTS, VIEW_ORDER, connect
+from ftlog.views import DIALECTS, VIEW_ORDER, WITH_FILENAME, connect
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 JOB = "job-portable0001"
 FIRST = tuple(f"task-pfirst{k:05d}" for k in range(2))  # described by the first collector only
@@ -84,8 +88,8 @@ def overlapping_rounds(sim: Simulator, client: QianfanClient, dataset: Dataset, 
         after_round(dataset, result, now=clock(later), compact=False, notifier=notifier)
 
 
-def sql_script(data: Path | str) -> str:
-    result = CliRunner().invoke(cli, ["sql", "--engine", "duckdb", "--data", str(data)])
+def sql_script(data: Path | str, engine: str = "duckdb") -> str:
+    result = CliRunner().invoke(cli, ["sql", "--engine", engine, "--data", str(data)])
     assert result.exit_code == 0, result.output
     return result.stdout
 
@@ -99,20 +103,52 @@ def plain_session(script: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def rows(con: duckdb.DuckDBPyConnection, name: str) -> tuple[list[str], list[str], list[str]]:
-    """Columns, types and rows of ``name``, the rows as the sorted texts of their values: equal texts, equal values
-    (times in the same time zone too, NaN included)."""
-    relation = con.sql(f"SELECT * FROM {name}")
+def statements(script: str) -> list[str]:
+    """The statements of a printed script, as the README runs them through spark.sql() one by one."""
+    return [statement for statement in script.split(";\n") if statement.strip()]
+
+
+def spark_session(spark: SparkSession, script: str, out: Path) -> duckdb.DuckDBPyConnection:
+    """Run ``script`` in Spark, write every view and raw table Spark then has to Parquet, and give a DuckDB
+    connection whose views of the same names read what Spark wrote: so the rows of both engines compare in one
+    way. The raw tables' ``filename`` is left out, being each engine's own name of the file."""
+    for statement in statements(script):
+        spark.sql(statement)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")  # times shown as ftlog's connection shows them
+    for name in [*RAW, *VIEW_ORDER]:
+        frame = spark.table(name)
+        if name[1:] in WITH_FILENAME:
+            frame = frame.drop("filename")
+        frame.write.parquet(str(out / name))
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{out / name}/*.parquet')")
+    return con
+
+
+def their_session(engine: str, script: str, request: pytest.FixtureRequest, out: Path) -> duckdb.DuckDBPyConnection:
+    if engine == "duckdb":
+        return plain_session(script)
+    return spark_session(request.getfixturevalue("spark"), script, out)
+
+
+def rows(
+    con: duckdb.DuckDBPyConnection, name: str, exclude: tuple[str, ...] = ()
+) -> tuple[list[str], list[str], list[str]]:
+    """Columns, types and rows of ``name`` but ``exclude``, the rows as the sorted texts of their values: equal
+    texts, equal values (times in the same time zone too, NaN included)."""
+    columns = f"* EXCLUDE ({', '.join(exclude)})" if exclude else "*"
+    relation = con.sql(f"SELECT {columns} FROM {name}")
     return relation.columns, [str(kind) for kind in relation.types], sorted(map(repr, relation.fetchall()))
 
 
-def assert_same_views(data: Path | str, script: str) -> dict[str, int]:
-    """Every view and raw table of ``script`` in a plain session has the columns, types and rows (repeats and NULLs
-    included) of ftlog's own; returns the row count of each."""
+def assert_same_views(data: Path | str, theirs: duckdb.DuckDBPyConnection, engine: str = "duckdb") -> dict[str, int]:
+    """Every view and raw table of ``theirs`` has the columns, types and rows (repeats and NULLs included) of
+    ftlog's own; returns the row count of each."""
     counts = {}
-    with connect(data) as ours, plain_session(script) as theirs:
+    with connect(data) as ours, theirs:
         for name in [*RAW, *VIEW_ORDER]:
-            expected = rows(ours, name)
+            exclude = ("filename",) if engine != "duckdb" and name[1:] in WITH_FILENAME else ()
+            expected = rows(ours, name, exclude)
             assert rows(theirs, name) == expected, name
             counts[name] = len(expected[2])
     return counts
@@ -134,7 +170,13 @@ def overlapped(sim: Simulator, client: QianfanClient, data: Path, monkeypatch: p
     return data
 
 
-def test_the_printed_duckdb_views_return_exactly_ftlogs_rows(overlapped: Path) -> None:
+ENGINES = pytest.mark.parametrize("engine", [pytest.param("duckdb"), pytest.param("spark", marks=pytest.mark.slow)])
+
+
+@ENGINES
+def test_the_printed_views_return_exactly_ftlogs_rows(
+    engine: str, overlapped: Path, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     with connect(overlapped) as con:
         for name, table in TABLES.items():  # every table holds rows stored twice ...
             stored, keys = con.execute(f"SELECT count(*), count(DISTINCT ({', '.join(table.natural_key)})) "
@@ -146,32 +188,39 @@ def test_the_printed_duckdb_views_return_exactly_ftlogs_rows(overlapped: Path) -
         twice = "SELECT task_id, state_hash FROM _snapshots GROUP BY ALL HAVING count(DISTINCT observed_at) = 2"
         assert len(con.execute(twice).fetchall()) == len(SHARED) * (LAST_VERSION - 1)
 
-    script = sql_script(overlapped)
-    assert f"read_parquet('{overlapped}/checkpoints/date=*/[!._]*.parquet'" in script
-    counts = assert_same_views(overlapped, script)
-    assert counts["tasks"] == len(ALL) and counts["checkpoints"] == len(ALL) * LAST_VERSION
-    assert all(counts[name] > 0 for name in VIEW_ORDER), counts
-    with plain_session(script) as con:  # the de-duplication rules themselves, as ftlog documents them
+    script = sql_script(overlapped, engine)
+    every = {"duckdb": f"read_parquet('{overlapped}/checkpoints/date=*/[!._]*.parquet'",
+             "spark": f"OPTIONS (path 'file://{overlapped}/checkpoints/date=*/[!._]*.parquet'"}  # fmt: skip
+    assert every[engine] in script
+    theirs = their_session(engine, script, request, tmp_path / "out")
+    with theirs as con:  # the de-duplication rules themselves, as ftlog documents them
         assert con.sql("SELECT DISTINCT training_loss, perplexity FROM checkpoints WHERE step = 32").fetchall() == [
             (0.75, None)
         ]
-        assert con.sql("SELECT count(*), count(DISTINCT event_id) FROM events").fetchall() == [
-            (counts["events"], counts["events"])
-        ]
+        events = con.sql("SELECT count(*), count(DISTINCT event_id) FROM events").fetchall()
+        assert events[0][0] == events[0][1] > 0
         statuses = dict(con.sql("SELECT task_id, run_status FROM tasks").fetchall())
         assert statuses == {task: "Failed" if task == ALL[1] else "Done" for task in ALL}
         assert con.sql("SELECT DISTINCT outcome FROM deliveries ORDER BY 1").fetchall() == [("delivered",), ("failed",)]
+        counts = assert_same_views(overlapped, con, engine)
+    assert counts["tasks"] == len(ALL) and counts["checkpoints"] == len(ALL) * LAST_VERSION
+    assert all(counts[name] > 0 for name in VIEW_ORDER), counts
 
 
-def write_old_file(folder: Path, table: pa.Table) -> None:
+def write_old_file(folder: Path, table: pa.Table, name: str = "20240301T090000000000-0older00.parquet") -> None:
     """A data file as an older ftlog wrote it: without the columns declared since."""
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / "20240301T090000000000-0older00.parquet")
+    pq.write_table(table, folder / name)
 
 
-def test_a_dataset_missing_tables_and_columns_reads_alike(data: Path) -> None:
+@ENGINES
+def test_a_dataset_missing_tables_and_columns_reads_alike(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Tables without any file, files of an older ftlog (one of two snapshot files, and every checkpoint file,
-    without the columns declared since) and a damaged file: the printed statements read them as ftlog does."""
+    without the columns declared since), a damaged file beside a usable one, and glob characters in the dataset's
+    path and a file name: the printed statements read them as ftlog does."""
+    data = tmp_path / "data [1]{a,b}*?"
     dataset = Dataset(data)
     answers = [{**DONE, "taskId": f"task-old{k:09d}"} for k in range(3)]
     snapshots = [normalise(a["taskId"], a, T0 + timedelta(minutes=k), f"req-{k}") for k, a in enumerate(answers)]
@@ -186,22 +235,24 @@ def test_a_dataset_missing_tables_and_columns_reads_alike(data: Path) -> None:
     write_old_file(data / "checkpoints" / "date=2024-03-01", checkpoints)
     polls = [{"poll_id": f"poll-{k}", "task_id": s.snapshot["task_id"], "polled_at": s.snapshot["observed_at"],
               "outcome": "changed", "http_status": 200} for k, s in enumerate(snapshots)]  # fmt: skip
-    dataset.append("polls", polls, T0)
+    dataset.append("polls", polls[:2], T0)
+    odd = "older [1]{a,b}*?.parquet"  # a file of the declared schema under a name that is a glob
+    write_old_file(data / "polls" / "date=2024-03-01", pa.Table.from_pylist(polls[2:], TABLES["polls"].schema), odd)
     (data / "polls" / "date=2024-03-01" / "20240301T235959000000-damaged0.parquet").write_bytes(b"PAR1 not parquet")
     assert not any((data / name).exists() for name in ("events", "deliveries"))
 
-    script = sql_script(data)
+    script = sql_script(data, engine)
     for name in ("events", "deliveries"):
         assert f"-- {name}: no usable files yet, so _{name} is empty" in script
     assert "-- polls: some files are left out" in script and "damaged0" not in script
-    counts = assert_same_views(data, script)
-    assert {name: counts[name] for name in ("snapshots", "checkpoints", "polls", "events", "deliveries")} == {
-        "snapshots": 3, "checkpoints": 2 * 3, "polls": 3, "events": 0, "deliveries": 0
-    }  # fmt: skip
-    with plain_session(script) as con:
+    with their_session(engine, script, request, tmp_path / "out") as con:
         assert con.sql("SELECT count(last_step), count(*) FROM _snapshots").fetchall() == [(1, 3)]
         assert con.sql("SELECT count(superseded), count(*) FROM _checkpoints").fetchall() == [(0, 6)]
         assert con.sql("SELECT count(*) FROM metric_values").fetchall() == [(3 * len(DONE["metrics"]),)]
+        counts = assert_same_views(data, con, engine)
+    assert {name: counts[name] for name in ("snapshots", "checkpoints", "polls", "events", "deliveries")} == {
+        "snapshots": 3, "checkpoints": 2 * 3, "polls": 3, "events": 0, "deliveries": 0
+    }  # fmt: skip
 
 
 def test_ftlog_sql_needs_an_engine_and_a_dataset(tmp_path: Path) -> None:

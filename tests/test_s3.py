@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import duckdb
@@ -21,6 +22,7 @@ import pyarrow.fs as pafs
 import pytest
 from click.testing import CliRunner
 from conftest import SECRET_AK, SECRET_SK
+from test_portable import assert_same_views, spark_session
 
 from ftlog.cli import cli
 from ftlog.client import Credentials, QianfanClient, RetryPolicy
@@ -28,6 +30,9 @@ from ftlog.collect import Selection, collect_round, shard_of
 from ftlog.simulator import Simulator
 from ftlog.store import Dataset
 from ftlog.views import connect
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 S3_KEY_ID = "AKIAFTLOGS3TEST0001"
 S3_SECRET = "s3SecretFtlog+9f2c7e41b0aa"
@@ -175,6 +180,28 @@ def test_sql_script_for_object_storage_names_its_objects_and_what_duckdb_needs(
         for view in ("tasks", "checkpoints", "polls", "metric_values", "status_changes", "events"):
             query = f"SELECT * FROM {view} ORDER BY ALL"
             assert theirs.execute(query).fetchall() == ours.execute(query).fetchall(), view
+
+
+def test_spark_statements_for_object_storage_name_s3a_and_what_spark_needs(
+    s3: str, sim: Simulator, tmp_path: Path, spark: SparkSession
+) -> None:
+    collect_round(client_for(sim), Dataset(s3), Selection(all_jobs=True))
+    result = CliRunner().invoke(cli, ["sql", "--engine", "spark", "--data", s3])
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    comments = "\n".join(line for line in script.splitlines() if line.startswith("--"))
+    for needed in ("hadoop-aws", "fs.s3a.endpoint", "fs.s3a.path.style.access", "fs.s3a.access.key"):
+        assert needed in comments, needed
+    s3a = "s3a://" + s3.removeprefix("s3://")
+    for table in ("snapshots", "checkpoints", "polls", "events", "deliveries"):
+        assert f"OPTIONS (path '{s3a}/{table}/date=*/[!._]*.parquet', basePath '{s3a}/{table}')" in script
+    assert S3_SECRET not in result.output and S3_KEY_ID not in result.output
+
+    # The same statements over a copy of the objects on disk (Spark's s3a module is not on PyPI) give ftlog's rows.
+    local = download(s3, tmp_path / "copy")
+    theirs = spark_session(spark, script.replace(f"'{s3a}/", f"'file://{local}/"), tmp_path / "out")
+    counts = assert_same_views(s3, theirs, "spark")
+    assert counts["tasks"] == len(sim.tasks) > 0
 
 
 def test_compaction_on_object_storage_keeps_every_row(s3: str, sim: Simulator) -> None:
