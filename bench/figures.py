@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import random
 import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +55,6 @@ class Sizes:
     collector_checkpoints: int
     runs: int  # median of this many
     round_runs: int  # figure 5 times this many rounds on each side
-    start_runs: int  # figure 11 starts this many interpreters on each side
     mlflow: bool
 
 
@@ -77,7 +74,6 @@ FULL = Sizes(
     collector_checkpoints=10,
     runs=5,
     round_runs=15,
-    start_runs=21,
     mlflow=True,
 )
 SMOKE = Sizes(
@@ -96,7 +92,6 @@ SMOKE = Sizes(
     collector_checkpoints=2,
     runs=3,
     round_runs=5,
-    start_runs=3,
     mlflow=False,
 )
 
@@ -173,6 +168,7 @@ class Suite:
         self.why: dict[str, str] = {}  # figure number -> why its target is missed, added when it is
         self.plans: list[Plan] = []
         self.big = work / "big"
+        self.scale_data: Path | None = None  # figure 11's dataset, which figure 12 reads too
         self.flat = work / "flat.parquet"
 
     def run(self, only: set[str] | None = None) -> None:
@@ -183,25 +179,47 @@ class Suite:
             ("8", self.memory),
             ("9", self.report_scaling),
             ("10", self.object_store),
-            ("11", self.startup),
+            ("11", self.scale_curves),
+            ("12", self.scale_present),
+            ("13", self.year),
+            ("14", self.cold_starts),
+            ("15", self.figure15),
+            ("17", self.figure17),
         ]
         for key, step in steps:
-            if only and not ({key} | ({"2", "3"} if key == "1" else {"5", "6"} if key == "4" else set())) & only:
+            also = {"1": {"2", "3"}, "4": {"5", "6"}, "10": {"16"}}.get(key, set())
+            if only and not ({key} | also) & only:
                 continue
             step()
         self.rows.sort(key=lambda row: (int(row.key.rstrip("abcdefgh")), row.key))
         missed = {row.key.rstrip("abcdefgh") for row in self.rows if row.met is False}
         self.notes += [text for key, text in sorted(self.why.items()) if key in missed]
 
+    def figure15(self) -> None:
+        from .fig15 import figure_15
+
+        rows, notes = figure_15(self.sizes.name, self.work, self.sizes.runs, self.log)
+        for row in rows:
+            self.add(row)
+        self.notes += notes
+
+    def figure17(self) -> None:
+        from .fig17 import figure_17
+
+        rows, notes = figure_17(self.sizes.name, self.work, self.sizes.runs, self.log)
+        for row in rows:
+            self.add(row)
+        self.notes += notes
+
     def object_store(self) -> None:
         from .object_store import object_store_rows
 
         self.ensure_big()
-        self.log("figure 10: the dataset on S3-compatible storage")
-        rows, note = object_store_rows(self.big, self.sizes.runs)
+        self.log("figures 10 and 16: the dataset on S3-compatible storage")
+        rows, notes = object_store_rows(self.big, self.sizes.runs)
         for row in rows:
             self.add(row)
-        self.notes.append(note)
+        self.notes += notes
 
     def add(self, row: Row) -> None:
         if self.sizes.name == "smoke":
@@ -620,28 +638,37 @@ class Suite:
             f"collector history), median of {s.runs} runs each after one warm-up report."
         )
 
-    # -- figure 11 ---------------------------------------------------------------------------------------------
-    def startup(self) -> None:
-        s = self.sizes
-        self.log("figure 11: a cold `ftlog --help` vs a cold `import click`")
+    # -- figures 11 to 14 (bench/scale.py) ----------------------------------------------------------------------
+    def scale_curves(self) -> None:
+        from .scale import figure_11
 
-        def fresh(*args: str) -> Callable[[], None]:
-            return lambda: subprocess.run([sys.executable, *args], capture_output=True, check=True)
+        rows, notes, self.scale_data = figure_11(self.sizes.name, self.work, self.sizes.runs, self.log)
+        self.add_all(rows, notes)
 
-        sides = [fresh("-m", "ftlog", "--help"), fresh("-c", "import click")]
-        for side in sides:  # the first start compiles bytecode: not what a user waits for each time
-            side()
-        t_help, t_click = medians(sides, s.start_runs)
-        ratio, text = times(t_help, t_click)
-        title = 'cold `ftlog --help` vs cold `python -c "import click"`'
-        self.add(Row("11", title, seconds(t_help), seconds(t_click), ratio, text, "<= 3x its time", 3))
-        self.notes.append(
-            f"Figure 11: each run starts a fresh interpreter of the same Python and virtualenv (`python -m ftlog "
-            f'--help` against `python -c "import click"`), bytecode already compiled; median wall time of '
-            f"{s.start_runs} runs each, interleaved, interpreter start-up included on both sides. `--help` loads "
-            f"click and ftlog's light modules only (cli, config, errors, redact): each command imports pandas, "
-            f"pyarrow, duckdb, requests or matplotlib when it runs (tests/test_startup.py checks that none loads)."
-        )
+    def scale_present(self) -> None:
+        from .scale import figure_12
+
+        self.ensure_big()
+        if self.scale_data is None:
+            self.scale_curves()
+        assert self.scale_data is not None
+        args = (self.sizes.name, self.work, self.sizes.runs, self.log, self.big, self.sizes.tasks, self.scale_data)
+        self.add_all(*figure_12(*args))
+
+    def year(self) -> None:
+        from .scale import figure_13
+
+        self.add_all(*figure_13(self.sizes.name, self.work, self.sizes.runs, self.log))
+
+    def cold_starts(self) -> None:
+        from .scale import figure_14
+
+        self.add_all(*figure_14(self.sizes.name, self.work, self.log))
+
+    def add_all(self, rows: list[Row], notes: list[str]) -> None:
+        for row in rows:
+            self.add(row)
+        self.notes += notes
 
 
 # -- helpers for the week ----------------------------------------------------------------------------------------

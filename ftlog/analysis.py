@@ -21,17 +21,15 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from . import schema
+from . import schema, views
 from .errors import FtlogError
-from .schema import TABLES, TERMINAL_STATUSES, struct
+from .schema import TABLES, TERMINAL_STATUSES
 from .store import Dataset
 from .views import CURVE_ATTRIBUTES, TASK_ATTRIBUTES, connect, fetch
 
 Source = str | Path | Dataset | duckdb.DuckDBPyConnection
-GROUP_COLUMNS = ("model", "train_mode", "parameter_scale", "job_id", "job_name", "run_status")
-METRICS = ("bleu_4", "rouge_1", "rouge_2", "rouge_l")
+GROUP_COLUMNS, METRICS = views.GROUP_COLUMNS, views.METRICS  # what compare groups by and reports
 CURVE_METRICS = ("training_loss", "perplexity")
 CURVE_SUMMARY = schema.CURVE_SUMMARY[1:]  # final and best values; last_step only marks that a summary exists
 
@@ -72,7 +70,11 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
 
 def _typed(frame: pd.DataFrame, dtypes: dict[str, Any]) -> pd.DataFrame:
     """``frame`` with exactly the columns of ``dtypes``, in that order and of those dtypes."""
-    return frame.reindex(columns=list(dtypes)).astype(dtypes)
+    columns = {}
+    for column, dtype in dtypes.items():  # column by column: most already are of their dtype
+        values = frame[column] if column in frame.columns else pd.Series(None, index=frame.index, dtype=dtype)
+        columns[column] = values if values.dtype == dtype else values.astype(dtype)
+    return pd.DataFrame(columns, index=frame.index)
 
 
 def _frame(source: Source, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
@@ -133,25 +135,24 @@ def curves(
     if ema is not None and not 0 < ema <= 1:
         raise FtlogError(f"ema must be in (0, 1], not {ema}")
     where, params = _task_filter(tasks, jobs)
-    x_expr = "step::DOUBLE" if x == "step" else "step / max(step) OVER (PARTITION BY task_id)"
+    x_expr = "c.step::DOUBLE" if x == "step" else "c.step / max(c.step) OVER (PARTITION BY c.task_id)"
     with connection(source) as con:
-        # The same rows as the curves view, faster: DuckDB sorts the narrow checkpoint rows, and each task's text
-        # attributes are attached afterwards by position, so the sort never carries five text columns.
-        attributes = fetch(con, f"SELECT * FROM ({TASK_ATTRIBUTES}) t WHERE {where}", params)
-        chosen = (
-            "" if where == "TRUE" else f"WHERE task_id IN (SELECT task_id FROM ({TASK_ATTRIBUTES}) t WHERE {where})"
-        )
+        # The same rows as the curves view, faster: each checkpoint carries the position of its task among the
+        # tasks in task order, so DuckDB sorts by integers and returns no text, and the tasks' text attributes are
+        # attached afterwards by that position.
+        chosen = f"SELECT * FROM ({TASK_ATTRIBUTES}) t WHERE {where}"
+        attributes = fetch(con, f"{chosen} ORDER BY task_id", params)
         points = fetch(
             con,
-            f"""SELECT task_id, step, {x_expr} AS x, training_loss, perplexity FROM checkpoints {chosen}
-                ORDER BY task_id, step""",
-            params if chosen else None,
+            f"""SELECT a.at, c.step, {x_expr} AS x, c.training_loss, c.perplexity
+                FROM checkpoints c JOIN (
+                    SELECT task_id, (row_number() OVER (ORDER BY task_id) - 1)::INTEGER AS at FROM ({chosen})
+                ) a USING (task_id)
+                ORDER BY a.at, c.step""",
+            params,
         )
-    at = pc.index_in(points.column("task_id"), value_set=attributes.column("task_id"))
-    if at.null_count:  # checkpoints of a task without a snapshot: the view's inner join leaves them out
-        points, at = points.filter(pc.is_valid(at)), at.drop_null()
-    columns = {"task_id": points.column("task_id")}
-    columns |= {name: attributes.column(name).take(at) for name in CURVE_ATTRIBUTES}
+    at = points.column("at")  # (the inner join leaves out checkpoints of a task without a snapshot, as the view)
+    columns = {name: attributes.column(name).take(at) for name in ("task_id", *CURVE_ATTRIBUTES)}
     columns |= {name: points.column(name) for name in ("step", "x", *CURVE_METRICS)}
     frame = _to_pandas(pa.table(columns))
     if ema is not None:
@@ -219,8 +220,7 @@ def compare(
         # First from the curve summaries the snapshots carry; only if some task's summary is missing,
         # again with those tasks summarised from their checkpoints (which costs a read of every checkpoint).
         for recount in (False, True):
-            curve = ", ".join(f"t.{v}" for v in CURVE_SUMMARY)
-            fallback = "SELECT NULL::VARCHAR AS task_id WHERE false"
+            curve = fallback = ""
             if recount:
                 curve = ", ".join(f"CASE WHEN t.recount THEN fb.{v} ELSE t.{v} END AS {v}" for v in CURVE_SUMMARY)
                 fallback = f"""
@@ -235,16 +235,19 @@ def compare(
                         QUALIFY {TABLES["checkpoints"].rank()} = 1
                     ) GROUP BY task_id
                 """
+            joined = "latest"  # as stored, unless some summaries are recounted
+            if recount:
+                joined = f"""(
+                    SELECT t.* EXCLUDE ({", ".join(CURVE_SUMMARY)}), {curve}
+                    FROM latest t LEFT JOIN ({fallback}) fb ON fb.task_id = t.task_id
+                )"""
             frame = _frame(
                 con,
                 f"""
-                WITH latest AS ({latest}), fb AS ({fallback}), joined AS (
-                    SELECT t.* EXCLUDE ({", ".join(CURVE_SUMMARY)}), {curve}
-                    FROM latest t LEFT JOIN fb ON fb.task_id = t.task_id
-                )
+                WITH latest AS ({latest})
                 SELECT {", ".join(by)}, count(*) AS tasks, count(*) FILTER (WHERE run_status = 'Done') AS done,
                        {aggregates}, count(*) FILTER (WHERE recount) AS recount
-                FROM joined GROUP BY ALL ORDER BY ALL
+                FROM {joined} GROUP BY ALL ORDER BY ALL
                 """,
                 params,
             )
@@ -255,28 +258,9 @@ def compare(
 
 def _latest_states_sql(where: str) -> str:
     """SQL for, per task: the group columns, status and reported metrics of its latest snapshot, the summary of
-    its curve that the snapshot carries, and ``recount`` where that summary is missing (snapshot files from before
-    snapshots carried a summary read it as NULL)."""
-    snapshots = TABLES["snapshots"]
-    state = struct((*GROUP_COLUMNS, "checkpoint_count", "last_step", *CURVE_SUMMARY))
-    sql = f"""
-        WITH latest AS (
-            -- Straight from the stored rows: a snapshot that a second collector stored again holds the same
-            -- values, so the de-duplicating views (and their window functions) are not needed for these columns.
-            SELECT task_id, {snapshots.first(state)} AS s,
-                   {snapshots.first(struct(METRICS), where="len(metrics) > 0")} AS m  -- as the metrics view
-            FROM _snapshots GROUP BY task_id
-        ), t AS (
-            SELECT task_id, unnest(s), unnest(m) FROM latest
-        )
-        SELECT t.* EXCLUDE (checkpoint_count, last_step),
-               -- The state hash covers the summary, so the latest snapshot's summary is current; only snapshots
-               -- of an older ftlog lack one.
-               t.last_step IS NULL AND t.checkpoint_count > 0 AS recount
-        FROM t
-        WHERE {where}
-    """
-    return sql
+    its curve that the snapshot carries, and ``recount`` where that summary is missing (the ``_latest_states``
+    view, see views.py)."""
+    return f"SELECT * FROM _latest_states t WHERE {where}"
 
 
 def best_checkpoints(
@@ -425,17 +409,22 @@ def eta(
     """
     moment = pd.Timestamp(now or datetime.now(timezone.utc))
     where, params = _task_filter(tasks, jobs)
-    history = _frame(
-        source,
-        f"""
-        SELECT s.task_id, s.run_progress, s.observed_at, t.last_polled_at, t.observed_at AS latest_at
-        FROM snapshots s JOIN tasks t USING (task_id)
-        WHERE t.run_status = 'Running' AND s.run_status = 'Running' AND isfinite(s.run_progress) AND {where}
-        ORDER BY s.task_id, s.observed_at
-        """,
-        params,
-    )
     cutoff = _shifted(moment, -window.total_seconds())  # None: a window reaching before year 1 takes everything
+    with connection(source) as con:
+        # The changes that can stand for the present (views.CURRENT_VIEWS) hold every row this reads, unless the
+        # window reaches back into the days a summary stands in for.
+        since = fetch(con, "SELECT since FROM _current_since").column("since")[0].as_py()
+        changes = "_current_changes" if since is None or (cutoff is not None and cutoff >= since) else "snapshots"
+        history = _frame(
+            con,
+            f"""
+            SELECT s.task_id, s.run_progress, s.observed_at, t.last_polled_at, t.observed_at AS latest_at
+            FROM {changes} s JOIN tasks t USING (task_id)
+            WHERE t.run_status = 'Running' AND s.run_status = 'Running' AND isfinite(s.run_progress) AND {where}
+            ORDER BY s.task_id, s.observed_at
+            """,
+            params,
+        )
     rows = []
     for task_id, group in history.groupby("task_id", sort=True):
         progress = group["run_progress"].to_numpy()
@@ -559,27 +548,26 @@ def status(
     >>> status("data")  # doctest: +SKIP
     """
     with connection(source) as con:
-        latest = tasks(con)
-        if latest.empty:
-            return _typed(pd.DataFrame(), _STATUS)
-        estimates = eta(con, now=now, stall_after=stall_after)[["task_id", "eta", "stalled"]]
-        best = _best_losses(con)
-    frame = latest.merge(estimates, on="task_id", how="left").merge(best, on="task_id", how="left")
-    return _typed(frame.rename(columns={"observed_at": "last_change"}), _STATUS)
-
-
-def _best_losses(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Per task, ``best_loss`` from the curve summary of its latest snapshot, which spares reading every
-    checkpoint; a task whose snapshot lacks a summary (stored by an older ftlog) is summarised from its
-    checkpoints instead."""
-    best = _frame(con, f"SELECT task_id, best_loss, recount FROM ({_latest_states_sql('TRUE')})")
-    recount = best["recount"].fillna(False).astype(bool)
-    if recount.any():
-        stale = best.loc[recount, "task_id"].tolist()
-        scanned = _frame(con, _checkpoint_summary_sql("task_id IN (SELECT unnest(?::VARCHAR[]))"), [stale])
-        fallback = best["task_id"].map(scanned.set_index("task_id")["best_loss"])
-        best["best_loss"] = best["best_loss"].where(~recount, fallback)
-    return best[["task_id", "best_loss"]]
+        # One query for what every task shows; ETAs only for the tasks Running, if any.
+        frame = _frame(
+            con,
+            """
+            SELECT t.task_id, t.job_id, t.model, t.train_mode, t.parameter_scale, t.run_status, t.run_progress,
+                   l.best_loss, l.recount, t.observed_at AS last_change, t.last_polled_at
+            FROM tasks t LEFT JOIN _latest_states l USING (task_id) ORDER BY t.task_id
+            """,
+        )
+        recount = frame["recount"].fillna(False).astype(bool)
+        if recount.any():  # snapshots of an older ftlog, which carry no curve summary: read their checkpoints
+            stale = frame.loc[recount, "task_id"].tolist()
+            scanned = _frame(con, _checkpoint_summary_sql("task_id IN (SELECT unnest(?::VARCHAR[]))"), [stale])
+            fallback = frame["task_id"].map(scanned.set_index("task_id")["best_loss"])
+            frame["best_loss"] = frame["best_loss"].where(~recount, fallback)
+        running = frame.loc[frame["run_status"] == "Running", "task_id"].tolist()
+        estimates = eta(con, now=now, stall_after=stall_after, tasks=running) if running else pd.DataFrame()
+    if len(estimates):
+        frame = frame.merge(estimates[["task_id", "eta", "stalled"]], on="task_id", how="left")
+    return _typed(frame.drop(columns="recount"), _STATUS)
 
 
 def events(

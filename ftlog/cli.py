@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -231,8 +231,8 @@ def stop_on_interrupt() -> Iterator[threading.Event]:
     def handler(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
+        stop.set()  # before the message: a second Ctrl-C answering the message must find it set
         click.echo("stopping after the current round's write (Ctrl-C again to abort)", err=True)
-        stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -423,9 +423,13 @@ def nested_as_json(frame: pd.DataFrame) -> pd.DataFrame:
 def compact(data: str) -> None:
     """Merge the small files of closed date partitions into one file each, and rewrite files written by an older
     ftlog so that they gain the columns added since."""
+    from .refresh import refresh_summaries
     from .store import Dataset
 
-    removed = Dataset(data).compact(upgrade=True)
+    dataset = Dataset(data)
+    moment = datetime.now(timezone.utc)
+    removed = dataset.compact(moment, upgrade=True)
+    refresh_summaries(dataset, moment)
     click.echo(f"compacted: {removed} files merged", err=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -20,16 +21,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pyarrow as pa
+
 from .client import Answer, QianfanClient
 from .config import DEFAULT_CONCURRENCY
 from .errors import ApiError, AuthError, FtlogError, ListingTruncated, TransportError
 from .events import DEFAULT_STALL, derive
 from .normalise import normalise, utf8
 from .notify import DeliveryReport, Notifier
-from .rows import CheckpointRow, Point, PollOutcome, PollRow
+from .refresh import refresh_summaries
+from .rows import Point, PollOutcome, PollRow
 from .schema import CHECKPOINTS, EVENTS, POLLS, SNAPSHOTS, TERMINAL_STATUSES
-from .state import DEFAULT_NAME, STATE, TaskState, load_state, same_value, save_state, state_row
-from .store import Dataset, Rows
+from .state import DEFAULT_NAME, Points, State, StateRows, TaskState, load_state, same_value, save_state
+from .store import Dataset, Rows, Runs
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +169,17 @@ class RoundChanges:
 
     baseline: bool  # the first round over an empty dataset reports no terminal status it merely finds
     snapshots: Rows = field(default_factory=lambda: Rows(SNAPSHOTS, 1000))
-    checkpoints: Rows = field(default_factory=lambda: Rows(CHECKPOINTS))
+    # A task's new checkpoints, as one run of rows that share its id, their time and superseded (False).
+    checkpoints: Runs = field(default_factory=lambda: Runs(CHECKPOINTS, ("task_id", "observed_at", "superseded")))
     polls: Rows = field(default_factory=lambda: Rows(POLLS, 1000))
     events: Rows = field(default_factory=lambda: Rows(EVENTS))
-    states: Rows = field(default_factory=lambda: Rows(STATE))  # the new state of each task that changed
+    states: StateRows = field(default_factory=StateRows)  # the new state of each task that changed
     changed: int = 0
     unchanged: int = 0
     new_checkpoints: int = 0
     statuses: dict[str, str | None] = field(default_factory=dict)  # each described task's latest known status
     failures: list[ApiError] = field(default_factory=list)
+    poll_ids: Iterator[str] = field(default_factory=lambda: _poll_ids(), repr=False)
 
 
 def collect_round(
@@ -218,9 +224,9 @@ def run_round(
     state = load_state(dataset, selection.state_name)
     answers = _describe_all(client, result.task_ids, concurrency, stop, progress, now)
     changes = diff(state, answers, stall_after=stall_after)
-    del state  # save_state reads the file again (another collector may have replaced it): one copy at a time
     result.interrupted = bool(stop and stop.is_set())
-    save(dataset, selection.state_name, changes, now())
+    # The state merges into the file as it is then: the one read here, unless another collector replaced it.
+    save(dataset, selection.state_name, changes, now(), loaded=state)
     result.count(changes)
     result.seconds = time.monotonic() - started
     return result
@@ -238,9 +244,14 @@ def diff(
         if isinstance(outcome, ApiError):
             changes.failures.append(outcome)
             changes.statuses[task_id] = previous.run_status if previous else None
-            changes.polls.add(_poll(task_id, answered_at, elapsed, "error", outcome))
+            changes.polls.add(_poll(next(changes.poll_ids), task_id, answered_at, elapsed, "error", outcome))
         else:
-            _compare(changes, task_id, outcome, previous, _not_before(answered_at, previous), elapsed, stall_after)
+            # The task's known checkpoints as columns in step order: read so from a State, sorted otherwise.
+            before: Points = ([], [], [])
+            if previous is not None:
+                before = state.points(task_id) if isinstance(state, State) else _points(previous.checkpoints)
+            polled_at = _not_before(answered_at, previous)
+            _compare(changes, task_id, outcome, previous, before, polled_at, elapsed, stall_after)
     return changes
 
 
@@ -249,24 +260,21 @@ def _compare(
     task_id: str,
     answer: Answer,
     previous: TaskState | None,
+    before: Points,
     polled_at: datetime,
     elapsed: float,
     stall_after: timedelta | None,
 ) -> None:
-    """Add one successful describe to ``changes``."""
+    """Add one successful describe to ``changes``; ``before`` holds ``previous.checkpoints`` as columns."""
     row = normalise(task_id, answer.result, polled_at, answer.request_id)
     snapshot = row.snapshot
     snapshot["task_id"] = task_id
     known = dict(previous.checkpoints) if previous else {}
-    new_points = _new_checkpoints(row.checkpoints, known)
-    for point in new_points:
-        known[point["step"]] = (point["perplexity"], point["training_loss"])
-        # superseded: False, as each step is written once per round (the checkpoints view relies on it)
-        checkpoint: CheckpointRow = {"task_id": task_id, "step": point["step"], "perplexity": point["perplexity"],
-                                     "training_loss": point["training_loss"], "observed_at": polled_at,
-                                     "superseded": False}  # fmt: skip
-        changes.checkpoints.add(checkpoint)
-    changes.new_checkpoints += len(new_points)
+    new_points, after = _fresh_points(row.checkpoints, known, before)
+    known.update(zip(new_points[0], zip(new_points[1], new_points[2], strict=True), strict=True))
+    # superseded: False, as each step is written once per round (the checkpoints view relies on it)
+    changes.checkpoints.add((task_id, polled_at, False), *new_points)
+    changes.new_checkpoints += len(new_points[0])
     changed = previous is None or previous.state_hash != snapshot["state_hash"]
     if changed:
         changes.snapshots.add(snapshot)
@@ -278,19 +286,30 @@ def _compare(
     derived = derive(previous, observed, snapshot, stall_after=stall_after, baseline=changes.baseline)
     for event in derived.events:
         changes.events.add(event)
-    if changed or new_points or derived.events:  # a reported stall is remembered, so it is reported once
+    if changed or new_points[0] or derived.events:  # a reported stall is remembered, so it is reported once
         current = replace(observed, progress_since=derived.progress_since, stall_reported=derived.stall_reported)
-        changes.states.add(state_row(task_id, current), size=1 + len(known))
-    changes.polls.add(_poll(task_id, polled_at, elapsed, "changed" if changed else "unchanged", answer))
+        changes.states.add(task_id, current, after)
+    outcome: PollOutcome = "changed" if changed else "unchanged"
+    changes.polls.add(_poll(next(changes.poll_ids), task_id, polled_at, elapsed, outcome, answer))
+
+
+def _poll_ids(batch: int = 1024) -> Iterator[str]:
+    """Random (version 4) UUIDs as hex, as ``uuid.uuid4().hex``, but with the system's random bytes fetched for
+    ``batch`` ids at once: each fetch releases the interpreter lock, which the describing threads then hold for
+    a while before this thread gets it back."""
+    while True:
+        random = os.urandom(16 * batch)
+        for start in range(0, len(random), 16):
+            yield uuid.UUID(bytes=random[start : start + 16], version=4).hex
 
 
 def _poll(
-    task_id: str, polled_at: datetime, elapsed: float, outcome: PollOutcome, answer: Answer | ApiError
+    poll_id: str, task_id: str, polled_at: datetime, elapsed: float, outcome: PollOutcome, answer: Answer | ApiError
 ) -> PollRow:
-    """The ``polls`` row of one describe; ``answer`` is an ApiError for an 'error' poll."""
+    """The ``polls`` row of one describe (its id ``poll_id``); ``answer`` is an ApiError for an 'error' poll."""
     error = answer if isinstance(answer, ApiError) else None
     return {
-        "poll_id": uuid.uuid4().hex,
+        "poll_id": poll_id,
         "task_id": task_id,
         "polled_at": polled_at,
         "outcome": outcome,
@@ -302,8 +321,11 @@ def _poll(
     }
 
 
-def save(dataset: Dataset, state_name: str, changes: RoundChanges, now: datetime) -> None:
-    """Append a round's rows, stamped ``now``, then merge its task states into the state file ``state_name``.
+def save(
+    dataset: Dataset, state_name: str, changes: RoundChanges, now: datetime, *, loaded: State | None = None
+) -> None:
+    """Append a round's rows, stamped ``now``, then merge its task states into the state file ``state_name``
+    (``loaded``: the state the round read from it, see :func:`state.save_state`).
 
     Data before polls before state: a crash in between leaves rows the views de-duplicate, never a gap. Every poll
     that reports a change finds its snapshot, and the state never remembers a snapshot the data lacks (which would
@@ -314,7 +336,7 @@ def save(dataset: Dataset, state_name: str, changes: RoundChanges, now: datetime
     dataset.append_table("polls", changes.polls.table(), now)
     dataset.create_tables(now)  # the tables that got no rows, for readers of the folders
     if changes.states:  # a state file found at the start is only updated (state.save_state)
-        save_state(dataset, state_name, changes.states.table(), create=changes.baseline)
+        save_state(dataset, state_name, changes.states.table(), create=changes.baseline, loaded=loaded)
 
 
 def after_round(
@@ -330,8 +352,14 @@ def after_round(
     round in which every describe failed is an error (exit 1), raised only now so that it compacts and delivers
     what earlier rounds found like any other. Returns ``result``, its time including these steps."""
     started = time.monotonic()
+    # The round's rows and state are freed by now, but Arrow's memory pool keeps their pages for reuse: hand them
+    # back, so that what follows (compaction, and the summaries' refresh in DuckDB's own memory) does not come on
+    # top of them.
+    pa.default_memory_pool().release_unused()
     if compact:
-        dataset.compact(now())
+        moment = now()
+        dataset.compact(moment)
+        refresh_summaries(dataset, moment)  # the past as of the days just closed, for readers of the present
     if notifier is not None:
         result.delivery = notifier.deliver(dataset, now=now, tasks=result.task_ids)
     result.seconds += time.monotonic() - started
@@ -346,6 +374,42 @@ def _not_before(answered_at: datetime, previous: TaskState | None) -> datetime:
     observation wins) would drop it, so its checkpoints would be written again every round."""
     last = previous.observed_at if previous is not None else None
     return answered_at if last is None else max(answered_at, last + timedelta(microseconds=1))
+
+
+def _points(checkpoints: Mapping[int, tuple[float | None, float | None]]) -> Points:
+    """``checkpoints`` (step -> values) as columns in step order."""
+    ordered = sorted(checkpoints.items())
+    return [step for step, _ in ordered], [p for _, (p, _) in ordered], [loss for _, (_, loss) in ordered]
+
+
+def _fresh_points(
+    points: Sequence[Point], known: dict[int, tuple[float | None, float | None]], before: Points
+) -> tuple[Points, Points]:
+    """The checkpoints of an answer never stored or whose value changed (:func:`_new_checkpoints`), and all of
+    the task's checkpoints once they are stored, both as columns in step order. ``before`` holds ``known`` so.
+
+    Most answers repeat the known checkpoints, in order and unchanged, and add a few at higher steps: that is
+    checked on whole lists at once, and only another answer is compared point by point."""
+    steps = [point["step"] for point in points]
+    count = len(before[0])
+    tail = steps[count:]
+    if (
+        len(known) == count
+        and steps[:count] == before[0]
+        and before[0] == sorted(before[0])
+        and not (tail and count and tail[0] <= before[0][-1])
+        and tail == sorted(tail)
+        and len(set(tail)) == len(tail)
+    ):
+        perplexity = [point["perplexity"] for point in points]
+        loss = [point["training_loss"] for point in points]
+        # Equal lists hold equal values (NaN counts as equal only as the same object): then only the tail is new.
+        if perplexity[:count] == before[1] and loss[:count] == before[2]:
+            new: Points = tail, perplexity[count:], loss[count:]
+            return new, (before[0] + new[0], before[1] + new[1], before[2] + new[2])
+    fresh = _new_checkpoints(points, known)
+    new = [p["step"] for p in fresh], [p["perplexity"] for p in fresh], [p["training_loss"] for p in fresh]
+    return new, _points({**known, **{p["step"]: (p["perplexity"], p["training_loss"]) for p in fresh}})
 
 
 def _new_checkpoints(points: Sequence[Point], known: dict[int, tuple[float | None, float | None]]) -> list[Point]:

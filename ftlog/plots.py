@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib import font_manager, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -54,6 +55,7 @@ STATUS_COLOURS = {
 TITLES = {"training_loss": "Training loss", "perplexity": "Perplexity (log scale)"}
 OTHER_STATUS_COLOUR = "#9d755d"
 TIMELINE_MAX_TASKS = 60
+CURVE_MARKERS_MAX_POINTS = 20_000  # checkpoints in a curves figure up to which each one has a marker
 
 STYLE: dict[RcKeyType, Any] = {
     "font.family": FONT_FAMILY,
@@ -175,6 +177,72 @@ def _legend_columns(labels: Sequence[str], width_inches: float) -> int:
     return max(1, min(len(labels), int(width_inches * 12 / (longest + 6))))
 
 
+class _Runs:
+    """The rows of a curves frame by task: tasks in sorted order, each task's rows in their order in the frame (as
+    ``groupby("task_id")`` gives them, rows without a task id left out), found without building a group per task."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        codes, _ = pd.factorize(frame["task_id"], sort=True)
+        if len(codes) and codes[0] >= 0 and bool(np.all(codes[1:] >= codes[:-1])):
+            self.order: np.ndarray | None = None  # already sorted, as analysis.curves returns it: no copies
+            kept = codes
+        else:
+            order = np.argsort(codes, kind="stable")
+            self.order = order[codes[order] >= 0]
+            kept = codes[self.order]
+        self.starts = np.flatnonzero(np.diff(kept, prepend=-1))
+        self.lengths = np.diff(np.append(self.starts, len(kept)))
+        self.first = frame.iloc[self.starts if self.order is None else self.order[self.starts]]
+
+    def values(self, column: pd.Series) -> np.ndarray:
+        values = column.to_numpy(dtype=float, na_value=np.nan)
+        return values if self.order is None else values[self.order]
+
+    def split(self, xs: np.ndarray, ys: np.ndarray) -> list[np.ndarray]:
+        """One (n, 2) array of points per task."""
+        return np.split(np.column_stack([xs, ys]), self.starts[1:]) if len(xs) else []
+
+
+def _lines(ax: Any, segments: list[np.ndarray], colours: list[Any], *, linewidth: float, alpha: float) -> None:
+    """Every task's line as one collection (10,000 Line2D objects take seconds to build and draw); the segments
+    keep the tasks' order, so they overlap as separate lines would. NaN points leave gaps, as in a line."""
+    if segments:
+        lines = LineCollection(
+            segments, colors=colours, linewidths=linewidth, alpha=alpha, capstyle="projecting", joinstyle="round"
+        )
+        ax.add_collection(lines, autolim=False)  # limits from the finite points only: see _limits
+
+
+def _markers(
+    ax: Any,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    only: np.ndarray | None,
+    runs: _Runs,
+    groups: np.ndarray,
+    colours: Mapping[str, Any],
+    *,
+    markersize: float,
+    alpha: float,
+) -> None:
+    """A marker at each point (where ``only``), one Line2D per group; ``groups`` holds each task's position in
+    ``colours``."""
+    row_group = np.repeat(groups, runs.lengths)
+    for number, colour in enumerate(colours.values()):
+        chosen = row_group == number if only is None else (row_group == number) & only
+        if chosen.any():
+            ax.plot(xs[chosen], ys[chosen], "o", markersize=markersize, color=colour, alpha=alpha)
+
+
+def _limits(ax: Any, xs: np.ndarray, *columns: np.ndarray) -> None:
+    """Fit the axes to the finite points of the collections, as they fit a line's."""
+    for ys in columns:
+        finite = np.isfinite(xs) & np.isfinite(ys)
+        if finite.any():
+            ax.update_datalim(np.column_stack([xs[finite], ys[finite]]))
+            ax.autoscale()
+
+
 def curves(
     frame: pd.DataFrame,
     *,
@@ -188,28 +256,36 @@ def curves(
     ``frame`` comes from :func:`ftlog.analysis.curves` and must hold the ``by`` columns. When it has
     ``<metric>_ema`` columns the smoothed curve is drawn over a faint raw curve. ``x`` says what the x column
     means: ``"step"`` or ``"fraction"``. Perplexity uses a log scale: early checkpoints sit an order of magnitude
-    above the final ones.
+    above the final ones. Raw curves mark each checkpoint up to ``CURVE_MARKERS_MAX_POINTS`` checkpoints; past
+    that only the lines are drawn (and a run with a single checkpoint is still marked).
     """
-    labels = group_labels(frame, by)
+    runs = _Runs(frame)
+    labels = group_labels(runs.first, by)  # one per task, in task order
     colours = palette(sorted(set(labels)))
     rows = math.ceil(len(colours) / _legend_columns(list(colours), width)) if colours else 0
     figure = new_figure(width, 3.6 + 0.2 * rows)
+    task_colours = [colours[label] for label in labels]
+    groups = pd.Index(list(colours)).get_indexer(labels)
     with style():
         axes = figure.subplots(1, len(metrics), squeeze=False)[0]
         for ax, metric in zip(axes, metrics, strict=True):
-            smoothed = f"{metric}_ema" in frame.columns
-            for _, run in frame.groupby("task_id", sort=True):
-                colour = colours[labels[run.index[0]]]
-                xs = run["x"].to_numpy(dtype=float)
-                ys = run[metric].to_numpy(dtype=float)
-                if smoothed:
-                    ax.plot(xs, ys, color=colour, linewidth=0.8, alpha=0.35)
-                    smooth = run[f"{metric}_ema"].to_numpy(dtype=float)
-                    # A run with one checkpoint has no line to draw: mark the point.
-                    marker = "o" if len(xs) == 1 else None
-                    ax.plot(xs, smooth, color=colour, linewidth=1.5, alpha=0.9, marker=marker, markersize=3)
-                else:
-                    ax.plot(xs, ys, color=colour, linewidth=1.2, alpha=0.8, marker="o", markersize=2.2)
+            xs = runs.values(frame["x"])
+            ys = runs.values(frame[metric])
+            if f"{metric}_ema" in frame.columns:
+                smooth = runs.values(frame[f"{metric}_ema"])
+                _lines(ax, runs.split(xs, ys), task_colours, linewidth=0.8, alpha=0.35)
+                _lines(ax, runs.split(xs, smooth), task_colours, linewidth=1.5, alpha=0.9)
+                # A run with one checkpoint has no line to draw: mark the point.
+                single = np.repeat(runs.lengths == 1, runs.lengths)
+                _markers(ax, xs, smooth, single, runs, groups, colours, markersize=3, alpha=0.9)
+                _limits(ax, xs, ys, smooth)
+            else:
+                _lines(ax, runs.split(xs, ys), task_colours, linewidth=1.2, alpha=0.8)
+                # Every checkpoint marked while the markers stay apart; beyond that they merge into bands that hide
+                # the lines, and only the points of one-checkpoint runs (which have no line) are marked.
+                marked = None if len(xs) <= CURVE_MARKERS_MAX_POINTS else np.repeat(runs.lengths == 1, runs.lengths)
+                _markers(ax, xs, ys, marked, runs, groups, colours, markersize=2.2, alpha=0.8)
+                _limits(ax, xs, ys)
             ax.set_title(TITLES.get(metric, metric))
             if metric == "perplexity":
                 ax.set_yscale("log")
@@ -220,7 +296,7 @@ def curves(
             if x == "fraction":
                 ax.set_xlim(0, 1.02)
         if colours:
-            counts = labels.groupby(frame["task_id"]).first().value_counts()
+            counts = labels.value_counts()
             names = list(colours)
             handles = [Line2D([], [], color=colours[name], linewidth=2) for name in names]
             texts = [f"{name} ({counts.get(name, 0)})" for name in names]

@@ -411,6 +411,24 @@ def _write_manifest(out: Path, files: set[str]) -> None:
     plots.write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
 
 
+def _curves_figure(
+    con: duckdb.DuckDBPyConnection,
+    latest: pd.DataFrame,
+    *,
+    x: str,
+    by: list[str],
+    ema: float | None,
+    tasks: Sequence[str] | None,
+    jobs: Sequence[str] | None,
+) -> tuple[Any, int] | None:
+    """The curves figure over ``x`` and its number of runs, or None without checkpoints. The frame of every
+    checkpoint row lives only while its figure is built: the report holds one at a time."""
+    frame = _with_columns(analysis.curves(con, x=x, ema=ema, tasks=tasks, jobs=jobs), latest, by)
+    if frame.empty:
+        return None
+    return plots.curves(frame, by=by, x=x), int(frame["task_id"].nunique())
+
+
 def _fill(
     context: dict[str, Any],
     con: duckdb.DuckDBPyConnection,
@@ -424,8 +442,6 @@ def _fill(
     now: datetime,
 ) -> None:
     comparison = analysis.compare(con, by, stats=("mean", "std", "min", "max", "count"), tasks=tasks, jobs=jobs)
-    by_step = _with_columns(analysis.curves(con, x="step", ema=ema, tasks=tasks, jobs=jobs), latest, by)
-    by_fraction = _with_columns(analysis.curves(con, x="fraction", ema=ema, tasks=tasks, jobs=jobs), latest, by)
     best = analysis.best_checkpoints(con, tasks=tasks, jobs=jobs)
     stretches = analysis.timeline(con, now=now, tasks=tasks, jobs=jobs)
     spans = analysis.durations(con, now=now, tasks=tasks, jobs=jobs)
@@ -444,19 +460,23 @@ def _fill(
 
     figures, notes = context["figures"], context["notes"]
     smoothing = f" Bold lines are smoothed (EMA, α = {ema:g}) over the faint raw values." if ema else ""
-    if by_step.empty:
+    by_step = _curves_figure(con, latest, x="step", by=by, ema=ema, tasks=tasks, jobs=jobs)
+    if by_step is None:
         notes.append("No checkpoints yet, so there are no loss or perplexity curves.")
     else:
-        runs = by_step["task_id"].nunique()
+        figure, runs = by_step
         caption = f"Every checkpoint of {runs} runs, one line per task, one colour per group.{smoothing}"
-        figure = plots.curves(by_step, by=by, x="step")
         figures.append(_figure(out, "curves_step.png", "Loss and perplexity by step", caption, figure))
         caption = (
             "The same curves with each task's steps scaled to its last checkpoint, so runs of different lengths "
             f"line up.{smoothing}"
         )
-        figure = plots.curves(by_fraction, by=by, x="fraction")
-        figures.append(_figure(out, "curves_fraction.png", "Loss and perplexity by share of the run", caption, figure))
+        by_fraction = _curves_figure(con, latest, x="fraction", by=by, ema=ema, tasks=tasks, jobs=jobs)
+        if by_fraction is not None:
+            figure, _ = by_fraction
+            figures.append(
+                _figure(out, "curves_fraction.png", "Loss and perplexity by share of the run", caption, figure)
+            )
     if (comparison[[f"{m}_count" for m in analysis.METRICS]].sum(axis=1) > 0).any():
         caption = (
             "Mean over the tasks of each group that reported evaluation metrics (n); error bars are standard errors. "

@@ -129,6 +129,7 @@ class Dialect:
     name = "duckdb"
     semi_join = "SEMI JOIN"  # the rows of the left side with a match on the right, once each
     anti_join = "ANTI JOIN"  # the rows of the left side without a match on the right
+    inline = "NOT MATERIALIZED "  # a CTE read twice is read twice rather than stored (millions of rows)
 
     # -- names, types and values
     def quote(self, identifier: str) -> str:
@@ -214,6 +215,10 @@ class Dialect:
         globs = files.globs(self.literal)
         listed = self.string(globs[0]) if len(globs) == 1 else f"[{', '.join(map(self.string, globs))}]"
         return f"read_parquet({listed}, hive_partitioning = true, union_by_name = true{', filename = true' * filename})"
+
+    def read_file(self, path: str) -> str:
+        """A table expression over one Parquet file, as it is."""
+        return f"read_parquet({self.string(self.literal(path))})"
 
     def source(self, schema: pa.Schema, files: Files | None, *, filename: bool = False) -> str:
         """A query of the rows of a table's data ``files`` (None: none) as its declared ``schema``: NULL where a

@@ -21,6 +21,7 @@ class SparkDialect(Dialect):
     name = "spark"
     semi_join = "LEFT SEMI JOIN"
     anti_join = "LEFT ANTI JOIN"
+    inline = ""  # Spark inlines a CTE unless told otherwise
 
     def quote(self, identifier: str) -> str:
         return "`" + identifier.replace("`", "``") + "`"

@@ -17,13 +17,17 @@ import contextlib
 import io
 import logging
 import os
+import re
+import threading
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -40,6 +44,10 @@ STATE_DIR = "_state"  # the collector state files (ftlog/state.py): hidden from 
 OPEN_PARTITION_MAX_FILES = 48  # compact today's partition too once it holds this many files
 STALE_TMP = timedelta(hours=1)
 MAX_LISTINGS = 5  # listings of a table until none of its files vanishes before it is read
+# Reading an object store through DuckDB (see _duckdb_filesystem): an object of up to WHOLE_OBJECT bytes is read in
+# one request, and a connection keeps up to OBJECT_CACHE bytes of those it has read.
+WHOLE_OBJECT = 32 * 2**20
+OBJECT_CACHE = 256 * 2**20
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -125,6 +133,75 @@ class Rows:
             self._pending, self._size = [], 0
 
 
+class Runs:
+    """Rows added a run at a time, as columns: the rows of a run share one value of each column named in ``shared``
+    (one task's checkpoints share its id and the time they were observed) and bring a list of values for each other
+    column. Turned into Arrow record batches every ``batch`` rows, as :class:`Rows`, but with no Python object per
+    row: a first round brings millions of checkpoints."""
+
+    def __init__(self, schema: pa.Schema, shared: Sequence[str], batch: int = 100_000) -> None:
+        self.schema = schema
+        self.shared = tuple(shared)
+        self.varying = tuple(name for name in schema.names if name not in self.shared)
+        self.batch = batch
+        self._runs: list[tuple[Any, ...]] = []  # the shared values of each pending run
+        self._lengths: list[int] = []
+        self._columns: list[list[Any]] = [[] for _ in self.varying]
+        self._pending = 0
+        self._batches: list[pa.RecordBatch] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, shared: Sequence[Any], *columns: Sequence[Any]) -> None:
+        """Add the rows whose values of the ``shared`` columns are ``shared`` (in that order), and of the other
+        columns ``columns`` (in schema order, one sequence each, all of the same length)."""
+        length = len(columns[0])
+        if any(len(values) != length for values in columns) or len(shared) != len(self.shared):
+            raise ValueError("a run needs one value per shared column and columns of one length")
+        if not length:
+            return
+        self._runs.append(tuple(shared))
+        self._lengths.append(length)
+        for kept, values in zip(self._columns, columns, strict=True):
+            kept.extend(values)
+        self._count += length
+        self._pending += length
+        if self._pending >= self.batch:
+            self._flush()
+
+    def table(self) -> pa.Table:
+        self._flush()
+        return pa.Table.from_batches(self._batches, schema=self.schema)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        run_of_row = pa.array(np.repeat(np.arange(len(self._runs)), self._lengths))
+        arrays = {
+            name: pa.array([run[i] for run in self._runs], type=self.schema.field(name).type).take(run_of_row)
+            for i, name in enumerate(self.shared)
+        }
+        arrays.update(
+            (name, pa.array(values, type=self.schema.field(name).type))
+            for name, values in zip(self.varying, self._columns, strict=True)
+        )
+        self._batches.append(
+            pa.RecordBatch.from_arrays([arrays[name] for name in self.schema.names], schema=self.schema)
+        )
+        self._runs, self._lengths, self._pending = [], [], 0
+        self._columns = [[] for _ in self.varying]
+
+
+def parquet_bytes(table: pa.Table, **options: Any) -> pa.Buffer:
+    """``table`` as the bytes of a Parquet file (``options`` as ``pq.write_table`` takes them), without the copy
+    that ``io.BytesIO().getvalue()`` makes."""
+    out = pa.BufferOutputStream()
+    pq.write_table(table, out, **options)
+    return out.getvalue()
+
+
 class Dataset:
     """A dataset location: a local folder or an object-store URI, accessed only through ``pyarrow.fs``."""
 
@@ -155,7 +232,7 @@ class Dataset:
         return "/".join([self.root, *parts])
 
     # -- writing ----------------------------------------------------------------------------------------------
-    def write_bytes(self, path: str, data: bytes) -> None:
+    def write_bytes(self, path: str, data: bytes | pa.Buffer) -> None:
         """Make ``path`` appear whole or not at all. A write that fails (disk full, read-only filesystem, no
         permission) is a DataError naming the path and the reason, so a watch reports it and tries again next round,
         and it leaves nothing behind under a visible name."""
@@ -180,11 +257,10 @@ class Dataset:
             raise DataError(f"cannot write {path}: {reason(exc, path)}") from None
 
     def write_table(self, name: str, table: pa.Table, partition: date, now: datetime) -> str:
-        buffer = io.BytesIO()
-        pq.write_table(conform(table, TABLES[name].schema), buffer, compression="zstd")
+        data = parquet_bytes(conform(table, TABLES[name].schema), compression="zstd")
         file_name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.path(name, f"date={partition.isoformat()}", file_name)
-        self.write_bytes(path, buffer.getvalue())
+        self.write_bytes(path, data)
         return path
 
     def append(self, name: str, rows: list[dict[str, Any]], now: datetime) -> list[str]:
@@ -317,7 +393,7 @@ class Dataset:
         if self.is_local or self.scheme in con.list_filesystems():
             return
         if self._duckdb_fs is None:
-            self._duckdb_fs = _duckdb_filesystem(self.fs, self.scheme)
+            self._duckdb_fs = _duckdb_filesystem(self.fs, self.scheme, self.root)
         con.register_filesystem(self._duckdb_fs)
 
     # -- maintenance ------------------------------------------------------------------------------------------
@@ -420,16 +496,183 @@ def _redact(location: str) -> str:
     return redact(location)  # the one redaction of every location and URL ftlog shows (ftlog/redact.py)
 
 
-def _duckdb_filesystem(fs: pafs.FileSystem, scheme: str) -> Any:
+def _duckdb_filesystem(fs: pafs.FileSystem, scheme: str, root: str) -> Any:
     try:
-        from fsspec.implementations.arrow import ArrowFSWrapper
+        from fsspec.implementations.arrow import ArrowFSWrapper, wrap_exceptions
     except ImportError:  # pragma: no cover - fsspec is a dependency; this guards broken installs
         raise DataError("reading object storage needs the fsspec package: pip install fsspec") from None
 
+    # The data files of the tables: written once under a name no other write takes (Dataset.write_table), and never
+    # changed, only deleted (by a compaction or a repair).
+    tables = "|".join(re.escape(name) for name in TABLES)
+    write_once = re.compile(rf"{re.escape(root)}/(?:{tables})/date=[^/]*/[^/._][^/]*\.parquet")
+
     class ObjectStore(ArrowFSWrapper):  # type: ignore[misc]
+        """The dataset's filesystem as DuckDB reads it (through fsspec), in few requests, each as large as the reads
+        allow. A glob lists its folder once, every level at a time, where fsspec would list folder by folder and look
+        at each file; the sizes and times listed answer DuckDB's questions on the files found (size, modified), which
+        would each be a request. An object of up to WHOLE_OBJECT bytes is read whole, in one GET, as DuckDB reads
+        them anyway, and kept (up to OBJECT_CACHE bytes in all) for as long as the listings and looks that come
+        before every read of it show the same version: the same size and time for a data file (it never changes
+        under its name), and the same version tag (ETag) for any other object. So a query reads what is stored at
+        the time it lists, as it did before: nothing kept is read once a listing no longer shows it."""
+
         protocol = (scheme,)
+        cachable = False  # one per dataset, never shared through fsspec's instance cache
+
+        def __init__(self, fs: pafs.FileSystem) -> None:
+            super().__init__(fs)
+            self._lock = threading.Lock()
+            self._seen: dict[str, tuple[dict[str, Any], tuple[Any, ...] | None]] = {}  # path -> (info, version)
+            self._kept: OrderedDict[str, tuple[tuple[Any, ...], bytes]] = OrderedDict()  # least recently read first
+            self._kept_bytes = 0
+
+        def find(
+            self, path: str, maxdepth: int | None = None, withdirs: bool = False, detail: bool = False, **kwargs: Any
+        ) -> Any:
+            """fsspec's ``find`` (what ``glob`` lists with) in one recursive listing."""
+            folder = self._strip_protocol(path).rstrip("/")
+            if not folder:
+                return super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
+            try:
+                infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=True))
+            except (FileNotFoundError, NotADirectoryError):
+                infos = []
+            except OSError:
+                infos = []  # as fsspec's walk does: what cannot be listed holds nothing to read
+            entries = [self._make_entry(info) for info in infos]
+            self._saw(folder, entries)
+            found: dict[str, dict[str, Any]] = {}
+            for entry in entries:
+                depth = entry["name"][len(folder) + 1 :].count("/") + 1
+                if (withdirs or entry["type"] != "directory") and (maxdepth is None or depth <= maxdepth):
+                    found[entry["name"]] = entry
+            if not found and not infos:
+                with contextlib.suppress(OSError):
+                    if self._look(folder)["type"] == "file":  # as fsspec's: a file is found as itself
+                        found[folder] = self.info(folder)
+            names = sorted(found)
+            return {name: found[name] for name in names} if detail else names
+
+        def exists(self, path: str, **kwargs: Any) -> bool:
+            try:
+                self._look(self._strip_protocol(path))
+            except Exception:  # as fsspec's: whatever cannot be looked at does not exist
+                return False
+            return True
+
+        def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+            path = self._strip_protocol(path)
+            with self._lock:
+                seen = self._seen.get(path)
+            return dict(seen[0]) if seen else self._look(path)
+
+        def modified(self, path: str) -> datetime:
+            mtime: datetime = self.info(path)["mtime"]
+            return mtime
+
+        @wrap_exceptions  # type: ignore[untyped-decorator]
+        def _open(
+            self, path: str, mode: str = "rb", block_size: int | None = None, seekable: bool = True, **kwargs: Any
+        ) -> Any:
+            path = self._strip_protocol(path)
+            if mode != "rb":
+                return super()._open(path, mode, block_size, seekable, **kwargs)
+            with self._lock:
+                seen = self._seen.get(path)
+                kept = self._kept.get(path)
+                if seen and kept and kept[0] == seen[1]:
+                    self._kept.move_to_end(path)
+                    return io.BytesIO(kept[1])
+            size = seen[0]["size"] if seen and seen[0]["type"] == "file" else None
+            if size is None or size > WHOLE_OBJECT:
+                return super()._open(path, mode, block_size, seekable, **kwargs)
+            with self.fs.open_input_file(path) as source:  # pyarrow asks for the size first: a HEAD, then one GET
+                data = source.read_at(source.size(), 0)
+            if len(data) != size:
+                self._look(path)  # replaced since it was looked at: what DuckDB asks next is of the object read
+            elif seen and seen[1] is not None:
+                self._keep(path, seen[1], data)
+            return io.BytesIO(data)
+
+        def _look(self, path: str) -> dict[str, Any]:
+            """A fresh look at one path (a HEAD on S3), remembered for the questions and the read that follow."""
+            etag = None
+            try:
+                with self.fs.open_input_file(path) as source:  # a file: its size, time and version tag at once
+                    size, meta = source.size(), _metadata(source.metadata())
+                etag = meta.get("etag")
+                mtime = _metadata_time(meta.get("last-modified"))
+                if mtime is None:
+                    raise OSError("no time in the object's metadata")  # a store that says less: ask it plainly
+                entry = {"name": path, "size": size, "type": "file", "mtime": mtime}
+            except OSError:
+                [info] = self.fs.get_file_info([path])
+                try:
+                    entry = self._make_entry(info)
+                except FileNotFoundError:
+                    self._forget(path)
+                    raise
+            self._remember(entry, etag)
+            return dict(entry)
+
+        def _saw(self, folder: str, entries: list[dict[str, Any]]) -> None:
+            """Remember what a listing of ``folder`` found, and forget what it no longer holds."""
+            listed = {entry["name"] for entry in entries}
+            with self._lock:
+                for path in [path for path in self._seen if path.startswith(folder + "/") and path not in listed]:
+                    self._drop(path)
+            for entry in entries:
+                if entry["type"] == "file":
+                    self._remember(entry, None)
+
+        def _remember(self, entry: dict[str, Any], etag: bytes | None) -> None:
+            path, kind = entry["name"], entry["type"]
+            once = kind == "file" and write_once.fullmatch(path) is not None
+            mtime = entry["mtime"].timestamp() if entry["mtime"] is not None else None
+            version = (entry["size"], mtime, etag) if kind == "file" and (etag or once) else None
+            with self._lock:
+                self._seen[path] = (entry, version)
+
+        def _forget(self, path: str) -> None:
+            with self._lock:
+                self._drop(path)
+
+        def _drop(self, path: str) -> None:  # with the lock held
+            self._seen.pop(path, None)
+            kept = self._kept.pop(path, None)
+            if kept:
+                self._kept_bytes -= len(kept[1])
+
+        def _keep(self, path: str, version: tuple[Any, ...], data: bytes) -> None:
+            with self._lock:
+                if self._seen.get(path, (None, None))[1] != version:
+                    return  # listed again meanwhile, as another version or not at all
+                old = self._kept.pop(path, None)
+                self._kept_bytes += len(data) - (len(old[1]) if old else 0)
+                self._kept[path] = (version, data)
+                while self._kept_bytes > OBJECT_CACHE:
+                    _, (_, dropped) = self._kept.popitem(last=False)
+                    self._kept_bytes -= len(dropped)
 
     return ObjectStore(fs)
+
+
+def _metadata(found: Mapping[str | bytes, str | bytes]) -> dict[str, bytes]:
+    """An object's metadata as pyarrow gives it, with names in lower case."""
+
+    def text(value: str | bytes) -> str:
+        return value.decode() if isinstance(value, bytes) else value
+
+    return {text(name).lower(): text(value).encode() for name, value in found.items()}
+
+
+def _metadata_time(value: bytes | None) -> datetime | None:
+    """The time of an object's ``Last-Modified`` metadata as pyarrow gives it (ISO 8601), or None."""
+    try:
+        return datetime.fromisoformat(value.decode().replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
 # A dataset is a folder (or object-store prefix) holding at least one of these: a table folder or the collector

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,9 +21,19 @@ import pyarrow as pa
 from .compat import arrow
 from .errors import DataError, QueryError
 from .redact import printable
-from .schema import CURVE_SUMMARY, DUCKDB, TABLES, Dialect, Files, struct
+from .schema import CURVE_SUMMARY, DUCKDB, TABLES, TS, Dialect, Files, struct
 from .spark import SPARK
 from .store import Dataset
+from .summary import (
+    MATERIALIZED,
+    RUNNING_KEPT,
+    SUMMARIZED,
+    SUMMARY_DIR,
+    present_path,
+    read_present,
+    recent_days,
+    summary_path,
+)
 
 T = TypeVar("T")
 VANISHED_RETRIES = 5
@@ -36,15 +47,71 @@ CURVE_ATTRIBUTES = ("job_id", "job_name", "model", "train_mode", "parameter_scal
 # out, since checkpoint values are the checkpoints view's to show.
 SNAPSHOT_COLUMNS = tuple(column for column in SNAPSHOTS.schema.names if column not in CURVE_SUMMARY)
 WITH_FILENAME = ("checkpoints",)  # the raw tables that carry each row's file: see the checkpoints view
+GROUP_COLUMNS = ("model", "train_mode", "parameter_scale", "job_id", "job_name", "run_status")  # analysis.compare
+METRICS = ("bleu_4", "rouge_1", "rouge_2", "rouge_l")
+# The columns of a task's latest stored row that _latest_states keeps (the last two only for ``recount``).
+LATEST_STATE = (
+    *GROUP_COLUMNS,
+    *CURVE_SUMMARY[1:],
+    "last_step",
+    "checkpoint_count",
+)
 
 
 def task_attributes(d: Dialect = DUCKDB) -> str:
     """SQL: per task, its CURVE_ATTRIBUTES."""
     latest = SNAPSHOTS.first(struct(CURVE_ATTRIBUTES, d), dialect=d)
-    return d.spread([("task_id", "task_id"), (latest, None)], "_snapshots GROUP BY task_id")
+    return d.spread([("task_id", "task_id"), (latest, None)], "_current_snapshots GROUP BY task_id")
 
 
 TASK_ATTRIBUTES = task_attributes()
+
+
+# After snapshots and polls. _current_since: when the rows read whole begin (NULL: every row is read).
+CURRENT_VIEWS = ["_current_snapshots", "_current_changes", "_current_polls", "_current_since", "_latest_states"]
+
+
+def marked_changes(source: str, d: Dialect = DUCKDB, seed: str | None = None) -> str:
+    """SQL: the stored snapshot rows of ``source`` (a table expression), a row stored twice once, each with
+    ``changed``: whether it changes its task's state, its state_hash differing from the task's previous row's (in
+    order of observed_at, then state_hash). ``seed``: a query of (task_id, last_hash), the hash of the row before
+    the first of ``source`` (see summary.py)."""
+    previous = "lag(state_hash) OVER (PARTITION BY task_id ORDER BY observed_at, state_hash) AS prev_hash"
+    rows = f"SELECT *, {previous} FROM ({SNAPSHOTS.distinct(source, d)})"
+    if seed is None:
+        columns = ", ".join(SNAPSHOTS.schema.names)
+        return f"SELECT {columns}, prev_hash IS DISTINCT FROM state_hash AS changed FROM ({rows})"
+    columns = ", ".join(f"r.{column}" for column in SNAPSHOTS.schema.names)
+    changed = "coalesce(r.prev_hash, seed.last_hash) IS DISTINCT FROM r.state_hash AS changed"
+    return f"SELECT {columns}, {changed} FROM ({rows}) r LEFT JOIN ({seed}) seed ON seed.task_id = r.task_id"
+
+
+def current_definitions(summaries: Mapping[str, tuple[str, str, Files | None]], d: Dialect = DUCKDB) -> dict[str, str]:
+    """The views of CURRENT_VIEWS over summaries of the past (summary.py): ``summaries`` maps a table to its
+    summary file, the time from which every change of a Running task's progress is in the summary or in the files
+    read whole (analysis.eta), and those files (None: none)."""
+    definitions = {}
+    if "snapshots" in summaries:
+        summary, since, recent = summaries["snapshots"]
+        definitions["_current_since"] = f"SELECT CAST({d.string(since)} AS {d.type(TS)}) AS since"
+        past = d.read_file(summary)
+        columns = ", ".join(SNAPSHOTS.schema.names)
+        stored = f"({d.source(SNAPSHOTS.schema, recent)})"
+        seed = f"SELECT DISTINCT task_id, last_hash FROM {past}"
+        definitions["_current_snapshots"] = (
+            f"SELECT {columns} FROM {past} UNION ALL {d.source(SNAPSHOTS.schema, recent)}"
+        )
+        definitions["_current_changes"] = (
+            f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM {past} WHERE in_view UNION ALL "
+            f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM ({marked_changes(stored, d, seed)}) WHERE changed"
+        )
+    if "polls" in summaries:
+        summary, _, recent = summaries["polls"]
+        definitions["_current_polls"] = (
+            f"SELECT task_id, last_polled_at AS polled_at FROM {d.read_file(summary)} UNION ALL "
+            f"SELECT task_id, polled_at FROM ({d.source(TABLES['polls'].schema, recent)})"
+        )
+    return definitions
 
 
 @functools.cache
@@ -52,19 +119,35 @@ def view_definitions(d: Dialect = DUCKDB) -> dict[str, str]:
     """name -> the SQL of each view, in dialect ``d``. Sources are the raw tables ``_snapshots``, ``_checkpoints``,
     ``_polls``, ``_events`` and ``_deliveries``: every stored row, as declared (see :func:`view_statements`)."""
     latest = SNAPSHOTS.first(d.row("s"), dialect=d)
+    by_task = "_current_changes s GROUP BY task_id"
     point = "task_id, step, perplexity, training_loss, observed_at"
+    with_metrics = f"{d.length('metrics')} > 0"
+    latest_states = [
+        ("task_id", "task_id"),
+        (SNAPSHOTS.first(struct(LATEST_STATE, d), dialect=d), None),
+        (SNAPSHOTS.first(struct(METRICS, d), where=with_metrics, dialect=d), None),
+    ]
     views = {
-        "snapshots": f"""
-            SELECT {", ".join(SNAPSHOT_COLUMNS)} FROM (
-                SELECT *, lag(state_hash) OVER (PARTITION BY task_id ORDER BY observed_at, state_hash) AS prev_hash
-                FROM ({SNAPSHOTS.distinct("_snapshots", d)})
-            ) WHERE prev_hash IS DISTINCT FROM state_hash
-        """,
+        "snapshots": f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM ({marked_changes('_snapshots', d)}) WHERE changed",
         "polls": TABLES["polls"].distinct("_polls", d),
+        # What can stand for each task's present: every row, unless a summary of the past stands in for most (see
+        # current_definitions).
+        "_current_snapshots": "SELECT * FROM _snapshots",
+        "_current_changes": "SELECT * FROM snapshots",
+        "_current_polls": "SELECT task_id, polled_at FROM polls",
+        "_current_since": f"SELECT CAST(NULL AS {d.type(TS)}) AS since",
+        # Per task, for analysis.compare: the group columns, status and metrics of its latest stored row (a repeat
+        # of a state holds its values, so the stored rows serve without the snapshots view's window), the curve
+        # summary it carries, and ``recount`` where that summary is missing (a file of an older ftlog).
+        "_latest_states": f"""
+            SELECT task_id, {", ".join(LATEST_STATE[:-2])}, {", ".join(METRICS)},
+                   last_step IS NULL AND checkpoint_count > 0 AS recount
+            FROM ({d.spread(latest_states, "_current_snapshots GROUP BY task_id")})
+        """,
         "tasks": f"""
             WITH latest AS (
-                {d.spread([(latest, None), ("min(observed_at)", "first_seen_at")], "snapshots s GROUP BY task_id")}
-            ), last_poll AS (SELECT task_id, max(polled_at) AS last_polled_at FROM polls GROUP BY task_id)
+                {d.spread([(latest, None), ("min(observed_at)", "first_seen_at")], by_task)}
+            ), last_poll AS (SELECT task_id, max(polled_at) AS last_polled_at FROM _current_polls GROUP BY task_id)
             SELECT latest.*, last_poll.last_polled_at FROM latest LEFT JOIN last_poll USING (task_id)
         """,
         # The latest value per (task_id, step). A collector's file holds each task's step once, and compaction marks
@@ -73,7 +156,7 @@ def view_definitions(d: Dialect = DUCKDB) -> dict[str, str]:
         # value, overlapping collectors, an interrupted compaction) or with files of unknown make (superseded NULL,
         # written before the column existed) pay for de-duplication, which on every row would cost more than the scan.
         "checkpoints": f"""
-            WITH candidates AS (
+            WITH candidates AS {d.inline}(
                 SELECT {point}, superseded, filename FROM _checkpoints WHERE superseded IS NOT TRUE
             ), spans AS (
                 SELECT task_id, filename, min(step) AS low, max(step) AS high, bool_or(superseded IS NULL) AS unknown
@@ -95,7 +178,7 @@ def view_definitions(d: Dialect = DUCKDB) -> dict[str, str]:
                    c.step, c.training_loss, c.perplexity, c.observed_at
             FROM checkpoints c JOIN ({task_attributes(d)}) a USING (task_id)
         """,
-        "reported_metrics": d.spread([(latest, None)], f"snapshots s WHERE {d.length('metrics')} > 0 GROUP BY task_id"),
+        "reported_metrics": d.spread([(latest, None)], f"_current_changes s WHERE {with_metrics} GROUP BY task_id"),
         "metrics": """
             SELECT task_id, job_id, model, train_mode, parameter_scale, bleu_4, rouge_1, rouge_2, rouge_l, observed_at
             FROM reported_metrics
@@ -126,22 +209,52 @@ VIEW_ORDER = ["snapshots", "polls", "tasks", "checkpoints", "curves", "reported_
               "status_changes", "events", "deliveries"]  # fmt: skip
 
 
-def view_statements(files: Mapping[str, Files | None], d: Dialect = DUCKDB) -> list[str]:
+def view_statements(
+    files: Mapping[str, Files | None], d: Dialect = DUCKDB, current: Mapping[str, str] | None = None
+) -> list[str]:
     """The statements that create every view, in dialect ``d``, over the data ``files`` of each table (None or
     absent: the table has none, and its raw table is empty): first the raw tables ``_<table>`` (every
-    stored row as declared, see ``Dialect.source``), then the views of VIEW_ORDER. ftlog runs them in DuckDB
+    stored row as declared, see ``Dialect.source``), then the views of VIEW_ORDER and CURRENT_VIEWS, those
+    over every row unless ``current`` defines them otherwise (current_definitions). ftlog runs them in DuckDB
     (:func:`ensure_views`), and ``ftlog sql`` prints them for other sessions and engines (:func:`sql_script`)."""
     statements = []
     for name, table in TABLES.items():
         statements += d.create_source(f"_{name}", table.schema, files.get(name), filename=name in WITH_FILENAME)
-    definitions = view_definitions(d)
-    return statements + [d.create_view(name, definitions[name]) for name in VIEW_ORDER]
+    definitions = view_definitions(d) | dict(current or {})
+    order = [*VIEW_ORDER[:2], *CURRENT_VIEWS, *VIEW_ORDER[2:]]
+    return statements + [d.create_view(name, definitions[name]) for name in order]
 
 
 def ensure_views(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> None:
-    """(Re)create the raw tables and every view; idempotent."""
-    for statement in view_statements(table_files(con, dataset)):
+    """(Re)create the raw tables and every view; idempotent. The views of a task's present read the summaries of
+    the past where they cover the files (summary.py)."""
+    files = table_files(con, dataset)
+    for statement in view_statements(files, current=present_definitions(dataset, files)):
         con.execute(statement)
+
+
+def present_definitions(dataset: Dataset, files: Mapping[str, Files | None]) -> dict[str, str]:
+    """The definitions of the views of the present that the summaries allow (summary.py): from the present files
+    as they are while the tables hold the files they cover; else over each table's summary of the closed days and
+    the days after it; else none (every row is read)."""
+    if any((found := files[name]) is None or found.parts is not None for name in SUMMARIZED):  # (files left out)
+        return {}
+    present = read_present(dataset)
+    if present is not None:
+        since = (datetime.fromisoformat(present.latest) - RUNNING_KEPT).isoformat()
+        summaries: dict[str, tuple[str, str, Files | None]] = {
+            name: (dataset.uri(present_path(dataset, name)), since, None) for name in SUMMARIZED
+        }
+        written = {name: f"SELECT * FROM {DUCKDB.read_file(dataset.uri(present_path(dataset, name)))}"
+                   for name in MATERIALIZED}  # fmt: skip
+        return current_definitions(summaries) | written
+    summaries = {}
+    for name in SUMMARIZED:
+        found, covered = files[name], recent_days(dataset, name)
+        if found is not None and covered is not None:
+            recent = Files(found.folder, tuple((day, None) for day in covered[1])) if covered[1] else None
+            summaries[name] = (dataset.uri(summary_path(dataset, name)), f"{covered[0].before} 00:00:00+00", recent)
+    return current_definitions(summaries)
 
 
 def table_files(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> dict[str, Files | None]:
@@ -186,9 +299,13 @@ def _binds(con: duckdb.DuckDBPyConnection, name: str, files: Files) -> bool:
 
 
 def _vanished(exc: duckdb.Error) -> bool:
-    """Whether DuckDB failed because a data file it had listed is gone (a compaction merged it meanwhile)."""
+    """Whether DuckDB failed because a file it had opened changed meanwhile: a data file it had listed is gone (a
+    compaction merged it), an I/O error on a local file or the FileNotFoundError of an object store's filesystem,
+    which DuckDB passes on as its generic error; or a summary (summary.py), which a collector replaces whole, was
+    replaced between DuckDB reading its footer and its rows."""
     text = str(exc)
-    return isinstance(exc, duckdb.IOException) and ("No such file" in text or "FileNotFoundError" in text)
+    vanished = ("No such file" in text and isinstance(exc, duckdb.IOException)) or "FileNotFoundError" in text
+    return vanished or f"/{SUMMARY_DIR}/" in text or "TProtocolException" in text
 
 
 def connect(data: str | Path | Dataset = "data", *, confined: bool = False) -> duckdb.DuckDBPyConnection:
@@ -284,7 +401,7 @@ def retry_vanished(run: Callable[[], T], attempts: int = VANISHED_RETRIES) -> T:
     for attempt in range(1, attempts + 1):
         try:
             return run()
-        except duckdb.IOException as exc:
+        except duckdb.Error as exc:
             if attempt == attempts or not _vanished(exc):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6", "7", "8a", "8b", "8c", "9", "10a", "10b", "11"]
+FIGURES = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6", "7", "8a", "8b", "8c", "9", "10a", "10b",
+           "11a", "11b", *(f"12{letter}" for letter in "abcdefgh"), "13a", "13b", "14a", "14b", "15a", "15b", "16a",
+           "16b", "17a", "17b"]  # fmt: skip
 MLFLOW_BASELINES = {"1a", "1b", "3a"}
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_every_figure_of_the_benchmark_produces_a_number(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     # A separate interpreter, as `make bench` runs it; MLflow is not installed for the tests, so a smoke run that
@@ -24,7 +26,7 @@ def test_every_figure_of_the_benchmark_produces_a_number(tmp_path: Path) -> None
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=590,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
