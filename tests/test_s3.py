@@ -160,18 +160,24 @@ def test_every_command_works_on_object_storage(s3: str, api_env: Simulator, tmp_
             assert S3_SECRET.encode() not in path.read_bytes()
 
 
+def printed_for_bucket(s3: str, sim: Simulator, engine: str) -> tuple[str, str]:
+    """After a round into the bucket, what `ftlog sql --engine ENGINE` prints, and its comment lines; neither names
+    the store's keys."""
+    collect_round(client_for(sim), Dataset(s3), Selection(all_jobs=True))
+    result = CliRunner().invoke(cli, ["sql", "--engine", engine, "--data", s3])
+    assert result.exit_code == 0, result.output
+    assert S3_SECRET not in result.output and S3_KEY_ID not in result.output
+    comments = "\n".join(line for line in result.stdout.splitlines() if line.startswith("--"))
+    return result.stdout, comments
+
+
 def test_sql_script_for_object_storage_names_its_objects_and_what_duckdb_needs(
     s3: str, sim: Simulator, tmp_path: Path
 ) -> None:
-    collect_round(client_for(sim), Dataset(s3), Selection(all_jobs=True))
-    result = CliRunner().invoke(cli, ["sql", "--engine", "duckdb", "--data", s3])
-    assert result.exit_code == 0, result.output
-    script = result.stdout
-    comments = "\n".join(line for line in script.splitlines() if line.startswith("--"))
+    script, comments = printed_for_bucket(s3, sim, "duckdb")
     assert "httpfs" in comments and "CREATE SECRET" in comments  # what a plain session needs
     for table in ("snapshots", "checkpoints", "polls", "events", "deliveries"):
         assert f"read_parquet('{s3}/{table}/date=*/[!._]*.parquet'" in script
-    assert S3_SECRET not in result.output and S3_KEY_ID not in result.output
 
     # The same statements over a copy of the objects on disk give ftlog's answers over the bucket.
     local = download(s3, tmp_path / "copy")
@@ -185,17 +191,12 @@ def test_sql_script_for_object_storage_names_its_objects_and_what_duckdb_needs(
 def test_spark_statements_for_object_storage_name_s3a_and_what_spark_needs(
     s3: str, sim: Simulator, tmp_path: Path, spark: SparkSession
 ) -> None:
-    collect_round(client_for(sim), Dataset(s3), Selection(all_jobs=True))
-    result = CliRunner().invoke(cli, ["sql", "--engine", "spark", "--data", s3])
-    assert result.exit_code == 0, result.output
-    script = result.stdout
-    comments = "\n".join(line for line in script.splitlines() if line.startswith("--"))
+    script, comments = printed_for_bucket(s3, sim, "spark")
     for needed in ("hadoop-aws", "fs.s3a.endpoint", "fs.s3a.path.style.access", "fs.s3a.access.key"):
         assert needed in comments, needed
     s3a = "s3a://" + s3.removeprefix("s3://")
     for table in ("snapshots", "checkpoints", "polls", "events", "deliveries"):
         assert f"OPTIONS (path '{s3a}/{table}/date=*/[!._]*.parquet', basePath '{s3a}/{table}')" in script
-    assert S3_SECRET not in result.output and S3_KEY_ID not in result.output
 
     # The same statements over a copy of the objects on disk (Spark's s3a module is not on PyPI) give ftlog's rows.
     local = download(s3, tmp_path / "copy")
