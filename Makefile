@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test quick lint typecheck pytest demo bench smoke clean
+.PHONY: setup test quick lint typecheck pytest demo screenshot bench smoke clean
 
 setup: $(STAMP)
 
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ftlog tests $(wildcard bench)
-	$(BIN)/ruff format --check ftlog tests $(wildcard bench)
+	$(BIN)/ruff check ftlog tests $(wildcard bench) docs
+	$(BIN)/ruff format --check ftlog tests $(wildcard bench) docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,6 +35,10 @@ smoke: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ftlog demo --out reports/demo
+
+# The README's picture of the interactive report, from the demo's (needs Chromium).
+screenshot: demo
+	$(BIN)/python docs/screenshot.py reports/demo/index.html docs/report.png
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

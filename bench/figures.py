@@ -185,6 +185,7 @@ class Suite:
             ("14", self.cold_starts),
             ("15", self.figure15),
             ("17", self.figure17),
+            ("18", self.figure18),
         ]
         for key, step in steps:
             also = {"1": {"2", "3"}, "4": {"5", "6"}, "10": {"16"}}.get(key, set())
@@ -210,6 +211,15 @@ class Suite:
         for row in rows:
             self.add(row)
         self.notes += notes
+
+    def figure18(self) -> None:
+        from .fig18 import figure_18
+
+        self.ensure_big()
+        if self.scale_data is None:
+            self.scale_curves()
+        assert self.scale_data is not None
+        self.add_all(*figure_18(self.big, self.scale_data, self.work, self.sizes.runs, self.log))
 
     def object_store(self) -> None:
         from .object_store import object_store_rows
@@ -499,7 +509,11 @@ class Suite:
             f"Figure 5: median of {s.round_runs} rounds on each side, interleaved. Both datasets get identical API "
             f"answers at identical (injected) times: the short one collected only the last 10 rounds of the week, "
             f"so the two differ only in stored history. The measured rounds start {offset} minutes into a UTC day on "
-            f"both sides, since compacting the open day's partition costs more as the day fills, whatever the history."
+            f"both sides, since compacting the open day's partition costs more as the day fills, whatever the history. "
+            f"Each round's refresh extends the present files (ftlog/summary.py) by the files written since they were, "
+            f"reading no history; only when a compaction has changed files (the first round of a day, or the open day "
+            f"past {OPEN_PARTITION_MAX_FILES - 1} files) does it rebuild them from the summary of the closed days and "
+            f"the last two days (ftlog/refresh.py)."
         )
 
     # -- figure 7 ----------------------------------------------------------------------------------------------

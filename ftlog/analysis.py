@@ -21,8 +21,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from . import schema, views
+from . import light, schema, views
 from .errors import FtlogError
 from .schema import TABLES, TERMINAL_STATUSES
 from .store import Dataset
@@ -70,6 +71,8 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
 
 def _typed(frame: pd.DataFrame, dtypes: dict[str, Any]) -> pd.DataFrame:
     """``frame`` with exactly the columns of ``dtypes``, in that order and of those dtypes."""
+    if frame.columns.tolist() == list(dtypes) and frame.dtypes.tolist() == list(dtypes.values()):
+        return frame  # as it is (a query's frame mostly is)
     columns = {}
     for column, dtype in dtypes.items():  # column by column: most already are of their dtype
         values = frame[column] if column in frame.columns else pd.Series(None, index=frame.index, dtype=dtype)
@@ -389,7 +392,7 @@ _DURATIONS = {"task_id": TEXT, "queue_seconds": NUMBER, "running_seconds": NUMBE
 def eta(
     source: Source,
     *,
-    window: timedelta = timedelta(hours=1),
+    window: timedelta = light.WINDOW,
     stall_after: timedelta = timedelta(minutes=30),
     now: datetime | None = None,
     tasks: Sequence[str] | None = None,
@@ -407,50 +410,13 @@ def eta(
 
     >>> eta("data", stall_after=timedelta(minutes=20))[["task_id", "run_progress", "eta", "stalled"]]  # doctest: +SKIP
     """
-    moment = pd.Timestamp(now or datetime.now(timezone.utc))
+    moment = now or datetime.now(timezone.utc)
     where, params = _task_filter(tasks, jobs)
-    cutoff = _shifted(moment, -window.total_seconds())  # None: a window reaching before year 1 takes everything
+    cutoff = light.window_start(moment, window)
     with connection(source) as con:
-        # The changes that can stand for the present (views.CURRENT_VIEWS) hold every row this reads, unless the
-        # window reaches back into the days a summary stands in for.
-        since = fetch(con, "SELECT since FROM _current_since").column("since")[0].as_py()
-        changes = "_current_changes" if since is None or (cutoff is not None and cutoff >= since) else "snapshots"
-        history = _frame(
-            con,
-            f"""
-            SELECT s.task_id, s.run_progress, s.observed_at, t.last_polled_at, t.observed_at AS latest_at
-            FROM {changes} s JOIN tasks t USING (task_id)
-            WHERE t.run_status = 'Running' AND s.run_status = 'Running' AND isfinite(s.run_progress) AND {where}
-            ORDER BY s.task_id, s.observed_at
-            """,
-            params,
-        )
-    rows = []
-    for task_id, group in history.groupby("task_id", sort=True):
-        progress = group["run_progress"].to_numpy()
-        times = group["observed_at"]
-        current = float(progress[-1])
-        # The current value was first seen where the trailing run of equal values starts.
-        changed = np.flatnonzero(progress != current)
-        since = times.iloc[changed[-1] + 1] if len(changed) else times.iloc[0]
-        last_seen = group["last_polled_at"].iloc[-1]
-        last_seen = max(last_seen, group["latest_at"].iloc[-1]) if pd.notna(last_seen) else group["latest_at"].iloc[-1]
-        recent = group[times >= cutoff] if cutoff is not None else group
-        start = recent.iloc[0] if len(recent) else group.iloc[-1]
-        hours = (last_seen - start["observed_at"]).total_seconds() / 3600
-        rate = (current - float(start["run_progress"])) / hours if hours > 0 else None
-        rows.append(
-            {
-                "task_id": task_id,
-                "run_progress": current,
-                "rate_per_hour": rate,
-                "eta": finish_time(last_seen, current, rate),
-                "progress_since": since,
-                # As Python times: a pandas Timedelta cannot hold every stall threshold a caller may pass.
-                "stalled": bool(moment.to_pydatetime() - since.to_pydatetime() > stall_after),
-            }
-        )
-    return _typed(pd.DataFrame(rows), _ETA)
+        sql = light.estimates_sql(light.changes_view(con, cutoff), where, now=moment, cutoff=cutoff,
+                                  stall_after=stall_after)  # fmt: skip
+        return _typed(_frame(con, f"{sql} ORDER BY task_id", params), _ETA)
 
 
 _ETA = {"task_id": TEXT, "run_progress": NUMBER, "rate_per_hour": NUMBER, "eta": TIME, "progress_since": TIME,
@@ -461,19 +427,11 @@ def finish_time(last_seen: pd.Timestamp, progress: float, rate: float | None) ->
     """When ``progress`` (percent) reaches 100 at ``rate`` percent per hour from ``last_seen``; None when it never
     does at that rate (zero, negative, NaN or unknown) or when the moment is beyond what a timestamp can hold
     (``"1%"`` then ``"1.00000001%"`` a minute later puts it a million years away). Progress past 100 finishes at
-    ``last_seen``."""
+    ``last_seen``. The rule :func:`eta` applies in SQL (light.estimates_sql), for a single value."""
     if rate is None or not rate > 0 or not math.isfinite(progress):  # ``not rate > 0`` is also true for NaN
         return None
-    return _shifted(last_seen, max(100.0 - progress, 0.0) / rate * 3600)
-
-
-def _shifted(moment: pd.Timestamp, seconds: float) -> pd.Timestamp | None:
-    """``moment`` plus ``seconds``, or None when that is no time: NaN, infinite, or outside years 1 to 9999, which
-    a Python datetime (and so every reader of these frames: JSON, the report, a notebook) can hold."""
-    try:
-        return pd.Timestamp(moment.to_pydatetime() + timedelta(seconds=seconds))
-    except (OverflowError, ValueError):  # out of range; ValueError for NaN
-        return None
+    finish = light.shifted(last_seen.to_pydatetime(), max(100.0 - progress, 0.0) / rate * 3600)
+    return None if finish is None else pd.Timestamp(finish)
 
 
 def health(
@@ -549,25 +507,20 @@ def status(
     """
     with connection(source) as con:
         # One query for what every task shows; ETAs only for the tasks Running, if any.
-        frame = _frame(
-            con,
-            """
-            SELECT t.task_id, t.job_id, t.model, t.train_mode, t.parameter_scale, t.run_status, t.run_progress,
-                   l.best_loss, l.recount, t.observed_at AS last_change, t.last_polled_at
-            FROM tasks t LEFT JOIN _latest_states l USING (task_id) ORDER BY t.task_id
-            """,
-        )
-        recount = frame["recount"].fillna(False).astype(bool)
-        if recount.any():  # snapshots of an older ftlog, which carry no curve summary: read their checkpoints
-            stale = frame.loc[recount, "task_id"].tolist()
+        table = fetch(con, light.STATUS)
+        table = table.take(pc.sort_indices(table.column("task_id")))
+        frame = _to_pandas(table.drop_columns("recount"))
+        stale = table.filter(table.column("recount")).column("task_id").to_pylist()
+        if stale:  # snapshots of an older ftlog, which carry no curve summary: read their checkpoints
+            recount = frame["task_id"].isin(stale)
             scanned = _frame(con, _checkpoint_summary_sql("task_id IN (SELECT unnest(?::VARCHAR[]))"), [stale])
             fallback = frame["task_id"].map(scanned.set_index("task_id")["best_loss"])
             frame["best_loss"] = frame["best_loss"].where(~recount, fallback)
-        running = frame.loc[frame["run_status"] == "Running", "task_id"].tolist()
-        estimates = eta(con, now=now, stall_after=stall_after, tasks=running) if running else pd.DataFrame()
-    if len(estimates):
-        frame = frame.merge(estimates[["task_id", "eta", "stalled"]], on="task_id", how="left")
-    return _typed(frame.drop(columns="recount"), _STATUS)
+        if pc.any(pc.equal(table.column("run_status"), "Running")).as_py():
+            estimates = eta(con, now=now, stall_after=stall_after).set_index("task_id")
+            for column in ("eta", "stalled"):
+                frame[column] = frame["task_id"].map(estimates[column])
+    return _typed(frame, _STATUS)
 
 
 def events(

@@ -94,13 +94,16 @@ def error_line(text: str) -> str:
     return printable(redact(text))
 
 
-def data_option(func: F, *, create: bool = False) -> F:
+def data_option(func: F, *, create: bool = False, quick: Callable[..., bool] | None = None) -> F:
     """``--data``. The command runs only where there is a dataset (with ``create``, for ``collect``: a missing or
     empty folder too), so a mistyped path exits 1 instead of reading as an empty dataset. Checked once every
-    option is parsed, so usage errors still come first."""
+    option is parsed, so usage errors still come first. ``quick``, given the command's arguments, may answer
+    first, from files that only a dataset holds; when it does not (False), the command runs."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if quick is not None and quick(**kwargs):
+            return None
         from .store import require_dataset
 
         try:
@@ -501,11 +504,19 @@ def simulate(
         click.echo("simulator stopped", err=True)
 
 
+def quick_status(fmt: str, stall_minutes: float, data: str) -> bool:
+    """``ftlog status`` from a local dataset's present files, without pandas (ftlog/quick.py); False when they
+    cannot answer alone."""
+    from .quick import print_status
+
+    return print_status(data, fmt, timedelta(minutes=stall_minutes))
+
+
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--stall-minutes", default=30.0, show_default=True, type=Finite(0, MAX_STALL_MINUTES),
               help="Flag Running tasks whose progress has not moved for this long.")  # fmt: skip
-@data_option
+@functools.partial(data_option, quick=quick_status)
 @handle_errors
 def status(fmt: str, stall_minutes: float, data: str) -> None:
     """One row per task: latest status, progress, ETA, best loss, last change."""
@@ -547,6 +558,7 @@ FORCE_HELP = (
 @click.option("--ema", type=Finite(0, 1, min_open=True), metavar="ALPHA",
               help="Draw curves smoothed by an exponential moving average (e.g. 0.3) over the raw ones.")  # fmt: skip
 @click.option("--force", is_flag=True, help=FORCE_HELP)
+@click.option("--static", is_flag=True, help="The PNG figures and tables only: no interactive charts, no script.")
 @data_option
 @handle_errors
 def report_command(
@@ -556,13 +568,48 @@ def report_command(
     by: list[str],
     ema: float | None,
     force: bool,
+    static: bool,
     data: str,
 ) -> None:
-    """Write a self-contained HTML report (DIR/index.html) and its PNG figures; print the index.html path."""
+    """Write a self-contained HTML report (DIR/index.html, interactive) and its PNG figures; print the index.html
+    path. It opens offline: every script, style and datum is inside the file."""
     from .report import write_report
 
-    index = write_report(data, out, jobs=job_ids or None, tasks=task_ids or None, by=by, ema=ema, force=force)
+    index = write_report(data, out, jobs=job_ids or None, tasks=task_ids or None, by=by, ema=ema, force=force,
+                         interactive=not static)  # fmt: skip
     click.echo(str(index))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@data_option
+@handle_errors
+def serve(host: str, port: int, data: str) -> None:
+    """Serve the interactive report, live, over HTTP until interrupted. Read-only: GET /api/tasks,
+    /api/curves?task_id=ID, /api/compare?by=COLS (JSON) and the page at /."""
+    from .serve import is_loopback, make_server_for
+    from .store import Dataset
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request on stderr
+    dataset = Dataset(data)
+    if not is_loopback(host):
+        click.echo(f"warning: serving on {host}, not loopback: anyone who can reach this machine can read the "
+                   "dataset's task names, metrics and errors through it", err=True)  # fmt: skip
+    try:
+        server = make_server_for(dataset, host, port)
+    except OSError as exc:
+        raise FtlogError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"ftlog serve: http://{shown}:{server.server_address[1]}/ over {dataset.display} (read-only; Ctrl-C "
+               "stops)", err=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("ftlog serve stopped", err=True)
+    finally:
+        server.server_close()
+        server.app.live.close()
 
 
 @cli.command("demo")

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -26,11 +26,11 @@ import pyarrow as pa
 from .client import Answer, QianfanClient
 from .config import DEFAULT_CONCURRENCY
 from .errors import ApiError, AuthError, FtlogError, ListingTruncated, TransportError
-from .events import DEFAULT_STALL, derive
+from .events import DEFAULT_STALL, Lowest, derive, lowest, merge_lowest
 from .normalise import normalise, utf8
 from .notify import DeliveryReport, Notifier
 from .refresh import refresh_summaries
-from .rows import Point, PollOutcome, PollRow
+from .rows import PollOutcome, PollRow
 from .schema import CHECKPOINTS, EVENTS, POLLS, SNAPSHOTS, TERMINAL_STATUSES
 from .state import DEFAULT_NAME, Points, State, StateRows, TaskState, load_state, same_value, save_state
 from .store import Dataset, Rows, Runs
@@ -240,7 +240,10 @@ def diff(
     a task's checkpoints are a dict only while its answer is compared."""
     changes = RoundChanges(baseline=not state)
     for task_id, outcome, elapsed, answered_at in answers:
-        previous = state.get(task_id)
+        if isinstance(state, State):  # a TaskState without checkpoints: they are read as columns below
+            previous = state.head(task_id) if task_id in state else None
+        else:
+            previous = state.get(task_id)
         if isinstance(outcome, ApiError):
             changes.failures.append(outcome)
             changes.statuses[task_id] = previous.run_status if previous else None
@@ -265,13 +268,12 @@ def _compare(
     elapsed: float,
     stall_after: timedelta | None,
 ) -> None:
-    """Add one successful describe to ``changes``; ``before`` holds ``previous.checkpoints`` as columns."""
+    """Add one successful describe to ``changes``; ``before`` holds the task's known checkpoints as columns in
+    step order (``previous.checkpoints`` is not read)."""
     row = normalise(task_id, answer.result, polled_at, answer.request_id)
     snapshot = row.snapshot
     snapshot["task_id"] = task_id
-    known = dict(previous.checkpoints) if previous else {}
-    new_points, after = _fresh_points(row.checkpoints, known, before)
-    known.update(zip(new_points[0], zip(new_points[1], new_points[2], strict=True), strict=True))
+    new_points, after, appended = _fresh_points(row.points, row.increasing, before)
     # superseded: False, as each step is written once per round (the checkpoints view relies on it)
     changes.checkpoints.add((task_id, polled_at, False), *new_points)
     changes.new_checkpoints += len(new_points[0])
@@ -282,8 +284,10 @@ def _compare(
     else:
         changes.unchanged += 1
     changes.statuses[task_id] = snapshot["run_status"]
-    observed = TaskState(snapshot["state_hash"], snapshot["run_status"], snapshot["run_progress"], polled_at, known)
-    derived = derive(previous, observed, snapshot, stall_after=stall_after, baseline=changes.baseline)
+    # The new checkpoints are ``after``, as columns: no dict of them is built.
+    observed = TaskState(snapshot["state_hash"], snapshot["run_status"], snapshot["run_progress"], polled_at, {})
+    bests = _bests(before, new_points, after, appended)
+    derived = derive(previous, observed, snapshot, stall_after=stall_after, baseline=changes.baseline, bests=bests)
     for event in derived.events:
         changes.events.add(event)
     if changed or new_points[0] or derived.events:  # a reported stall is remembered, so it is reported once
@@ -291,6 +295,19 @@ def _compare(
         changes.states.add(task_id, current, after)
     outcome: PollOutcome = "changed" if changed else "unchanged"
     changes.polls.add(_poll(next(changes.poll_ids), task_id, polled_at, elapsed, outcome, answer))
+
+
+def _bests(before: Points, new: Points, after: Points, appended: bool) -> dict[str, tuple[Lowest, Lowest]]:
+    """Each metric's lowest point before and after a describe (events.best), from its checkpoints as columns:
+    ``before``, ``new`` and ``after``. Appended checkpoints can only lower it, so then only they are searched."""
+    columns = {"perplexity": (before[1], new[1], after[1]), "training_loss": (before[2], new[2], after[2])}
+    return {
+        metric: (
+            old := lowest(before[0], known),
+            merge_lowest(old, lowest(new[0], fresh)) if appended else lowest(after[0], every),
+        )
+        for metric, (known, fresh, every) in columns.items()
+    }
 
 
 def _poll_ids(batch: int = 1024) -> Iterator[str]:
@@ -382,44 +399,38 @@ def _points(checkpoints: Mapping[int, tuple[float | None, float | None]]) -> Poi
     return [step for step, _ in ordered], [p for _, (p, _) in ordered], [loss for _, (_, loss) in ordered]
 
 
-def _fresh_points(
-    points: Sequence[Point], known: dict[int, tuple[float | None, float | None]], before: Points
-) -> tuple[Points, Points]:
-    """The checkpoints of an answer never stored or whose value changed (:func:`_new_checkpoints`), and all of
-    the task's checkpoints once they are stored, both as columns in step order. ``before`` holds ``known`` so.
+def _fresh_points(points: Points, increasing: bool, before: Points) -> tuple[Points, Points, bool]:
+    """The checkpoints of an answer (``points``, their steps strictly ``increasing`` or not) never stored or whose
+    value changed (:func:`_new_checkpoints`), and all of the task's checkpoints once they are stored, both as
+    columns in step order, and whether the answer only appended checkpoints. ``before``: the known checkpoints,
+    as columns in step order.
 
     Most answers repeat the known checkpoints, in order and unchanged, and add a few at higher steps: that is
     checked on whole lists at once, and only another answer is compared point by point."""
-    steps = [point["step"] for point in points]
+    steps, perplexity, loss = points
     count = len(before[0])
-    tail = steps[count:]
-    if (
-        len(known) == count
-        and steps[:count] == before[0]
-        and before[0] == sorted(before[0])
-        and not (tail and count and tail[0] <= before[0][-1])
-        and tail == sorted(tail)
-        and len(set(tail)) == len(tail)
-    ):
-        perplexity = [point["perplexity"] for point in points]
-        loss = [point["training_loss"] for point in points]
-        # Equal lists hold equal values (NaN counts as equal only as the same object): then only the tail is new.
-        if perplexity[:count] == before[1] and loss[:count] == before[2]:
-            new: Points = tail, perplexity[count:], loss[count:]
-            return new, (before[0] + new[0], before[1] + new[1], before[2] + new[2])
+    # Equal lists hold equal values (NaN counts as equal only as the same object): then only the tail is new.
+    # Known steps in strictly increasing order, as an increasing answer repeats them, hold no step twice.
+    if increasing and steps[:count] == before[0] and perplexity[:count] == before[1] and loss[:count] == before[2]:
+        new: Points = steps[count:], perplexity[count:], loss[count:]
+        return new, (before[0] + new[0], before[1] + new[1], before[2] + new[2]), True
+    known = dict(zip(before[0], zip(before[1], before[2], strict=True), strict=True))
     fresh = _new_checkpoints(points, known)
-    new = [p["step"] for p in fresh], [p["perplexity"] for p in fresh], [p["training_loss"] for p in fresh]
-    return new, _points({**known, **{p["step"]: (p["perplexity"], p["training_loss"]) for p in fresh}})
+    new = [step for step, _, _ in fresh], [p for _, p, _ in fresh], [loss for _, _, loss in fresh]
+    return new, _points({**known, **{step: (p, loss) for step, p, loss in fresh}}), False
 
 
-def _new_checkpoints(points: Sequence[Point], known: dict[int, tuple[float | None, float | None]]) -> list[Point]:
-    """Checkpoints never stored, or whose value changed; a step repeated within one answer counts once (last)."""
-    latest = {point["step"]: point for point in points}
+def _new_checkpoints(
+    points: Points, known: Mapping[int, tuple[float | None, float | None]]
+) -> list[tuple[int, float | None, float | None]]:
+    """Checkpoints never stored, or whose value changed, in step order; a step repeated within one answer counts
+    once (its last entry)."""
+    latest = dict(zip(points[0], zip(points[1], points[2], strict=True), strict=True))
     fresh = []
-    for step, point in sorted(latest.items()):
+    for step, (perplexity, loss) in sorted(latest.items()):
         old = known.get(step)
-        if old is None or not (same_value(old[0], point["perplexity"]) and same_value(old[1], point["training_loss"])):
-            fresh.append(point)
+        if old is None or not (same_value(old[0], perplexity) and same_value(old[1], loss)):
+            fresh.append((step, perplexity, loss))
     return fresh
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from .config import EVENT_KINDS
+from .normalise import lowest_finite
 from .rows import EventKind, EventRow, SnapshotRow
 from .schema import TERMINAL_STATUSES
 from .state import TaskState, same_value
@@ -31,6 +33,7 @@ KINDS = EVENT_KINDS  # named in config, so that --help offers them without loadi
 DEFAULT_STALL = timedelta(minutes=30)
 CONTEXT = ("job_id", "job_name", "model", "train_mode", "parameter_scale")
 METRICS = {"training_loss": 1, "perplexity": 0}  # metric -> index in TaskState.checkpoints values
+Lowest = tuple[int, float] | None  # (step, value) of a metric's lowest finite value, see best()
 
 
 def event_id(task_id: str, kind: str, *meaning: object) -> str:
@@ -53,10 +56,13 @@ def derive(
     *,
     stall_after: timedelta | None = DEFAULT_STALL,
     baseline: bool = False,
+    bests: Mapping[str, tuple[Lowest, Lowest]] | None = None,
 ) -> Derived:
     """The events of one successful describe, as ``events`` rows, and the stall fields of the state it leads to.
     ``current`` is that state (observed_at = the poll time); its own stall fields are not read: they are what
-    this returns, worked out from ``previous``. Pure: nothing passed in is changed."""
+    this returns, worked out from ``previous``. ``bests``: each metric's :func:`best` of ``previous`` and of
+    ``current`` checkpoints, when the caller has them (then neither's checkpoints are read). Pure: nothing passed
+    in is changed."""
     task_id = snapshot["task_id"]
     at = current.observed_at
     assert at is not None
@@ -85,7 +91,7 @@ def derive(
 
     if previous is not None:
         for metric, index in METRICS.items():
-            old, new = best(previous.checkpoints, index), best(current.checkpoints, index)
+            old, new = bests[metric] if bests else (best(previous.checkpoints, index), best(current.checkpoints, index))
             # A lower minimum can only come from a checkpoint that is new or whose value changed.
             if old is not None and new is not None and new[1] < old[1]:
                 add("best_checkpoint", (metric, new[0]), {"metric": metric, "step": new[0], "value": new[1],
@@ -102,6 +108,19 @@ def best(checkpoints: dict[int, tuple[float | None, float | None]], index: int) 
         return None
     value, step = min(finite)
     return step, value
+
+
+def lowest(steps: Sequence[int], values: list[float | None]) -> Lowest:
+    """:func:`best` of checkpoints as columns in step order (steps distinct), in bulk."""
+    at = lowest_finite(values)  # the first, i.e. earliest, of equal lowest values
+    value = None if at is None else values[at]
+    return None if at is None or value is None else (steps[at], value)
+
+
+def merge_lowest(known: Lowest, appended: Lowest) -> Lowest:
+    """:func:`best` of known checkpoints and checkpoints appended at higher steps, from each one's: on a tie the
+    known (earlier) step stays."""
+    return appended if appended is not None and (known is None or appended[1] < known[1]) else known
 
 
 def held_since(previous: TaskState | None, current: TaskState) -> tuple[datetime, bool]:

@@ -11,7 +11,11 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import pairwise
+from operator import itemgetter
 from typing import Any, Literal, TypedDict
+
+import numpy as np
 
 from .rows import MetricValue, Point, SnapshotRow
 
@@ -29,7 +33,10 @@ STRING_FIELDS = {
 }
 
 INT64_MAX = 2**63 - 1
+# Checkpoints as three lists, in the order received: steps, perplexity, training_loss.
+Points = tuple[list[int], list[float | None], list[float | None]]
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*%?\s*$")
+_POINT = itemgetter("step", "perplexity", "trainingLoss")
 _ZERO_TIMES = {"0000-00-00T00:00:00Z", "0000-00-00 00:00:00", "0000-00-00T00:00:00", "0000-00-00"}
 
 
@@ -121,7 +128,13 @@ def _first(result: dict[str, Any], *keys: str) -> Any:
 @dataclass
 class Normalised:
     snapshot: SnapshotRow
-    checkpoints: list[Point]  # every well-formed entry of checkpointList, in the order received
+    points: Points  # every well-formed entry of checkpointList, in the order received, as columns
+    increasing: bool  # whether their steps strictly increase (no step repeated)
+
+    @property
+    def checkpoints(self) -> list[Point]:
+        """``points`` as one dict per checkpoint."""
+        return _dicts(self.points)
 
 
 class CurveSummary(TypedDict):
@@ -152,6 +165,70 @@ def parse_checkpoints(value: Any) -> tuple[list[Point], bool]:
     return rows, clean
 
 
+def read_points(value: Any) -> tuple[Points, bool, bool]:
+    """:func:`parse_checkpoints` as columns, and whether the steps strictly increase. The usual answer, a list of
+    dicts with an integer step and float values in step order, is read in bulk (:func:`_regular_points`)."""
+    if isinstance(value, list) and (points := _regular_points(value)) is not None:
+        return points, True, True
+    rows, clean = parse_checkpoints(value)
+    steps = [row["step"] for row in rows]
+    points = steps, [row["perplexity"] for row in rows], [row["training_loss"] for row in rows]
+    return points, clean, all(a < b for a, b in pairwise(steps))
+
+
+def _regular_points(value: list[Any]) -> Points | None:
+    """The columns of a list of dicts whose steps are ints in strictly increasing order and whose values are
+    floats, with what :func:`parse_checkpoints` makes of it; None for any other list. Reading each entry once and
+    checking the types of whole columns costs a fraction of checking one checkpoint at a time."""
+    if not value or set(map(type, value)) != {dict}:
+        return None
+    try:
+        steps, perplexity, loss = map(list, zip(*map(_POINT, value), strict=True))
+    except KeyError:
+        return None
+    if (
+        set(map(type, steps)) != {int}  # (a bool, a float or a string step is read one at a time)
+        or not {*map(type, perplexity), *map(type, loss)} <= {float}
+        or steps != sorted(steps)
+        or not -INT64_MAX <= steps[0] <= steps[-1] <= INT64_MAX
+    ):
+        return None
+    ordered = np.array(steps, dtype=np.int64)
+    if (ordered[1:] == ordered[:-1]).any():  # a step repeated
+        return None
+    return steps, perplexity, loss
+
+
+def _increasing_summary(points: Points) -> CurveSummary:
+    """:func:`curve_summary` of columns whose steps strictly increase, in bulk."""
+    steps = points[0]
+    if not steps:
+        return {"last_step": None, "final_loss": None, "best_loss": None, "final_perplexity": None,
+                "best_perplexity": None}  # fmt: skip
+
+    def final_and_best(values: list[float | None]) -> tuple[float | None, float | None]:
+        final = next((value for value in reversed(values) if value is not None), None)
+        at = lowest_finite(values)
+        return final, None if at is None else values[at]
+
+    final_loss, best_loss = final_and_best(points[2])
+    final_perplexity, best_perplexity = final_and_best(points[1])
+    return {"last_step": steps[-1], "final_loss": final_loss, "best_loss": best_loss,
+            "final_perplexity": final_perplexity, "best_perplexity": best_perplexity}  # fmt: skip
+
+
+def lowest_finite(values: list[float | None]) -> int | None:
+    """Where the lowest finite value is (the first of equal ones, as min() keeps it: 0.0 and -0.0 are equal)."""
+    try:
+        if values and math.isfinite(sum(values)):  # type: ignore[arg-type]  # the usual curve: no NaN, inf or None
+            return values.index(min(values))  # type: ignore[type-var]
+    except TypeError:  # a None
+        pass
+    array = np.array(values, dtype=np.float64)  # None -> NaN, left out as a non-finite value is
+    finite = np.isfinite(array)
+    return int(np.argmin(np.where(finite, array, np.inf))) if finite.any() else None
+
+
 def curve_summary(points: list[Point]) -> CurveSummary:
     """``last_step``, ``final_*`` (the value at the last step that has one) and ``best_*`` (the lowest finite value)
     of training loss and perplexity; a step repeated in one answer counts once, its last entry, as stored."""
@@ -170,7 +247,7 @@ def curve_summary(points: list[Point]) -> CurveSummary:
 
 def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, request_id: str | None) -> Normalised:
     """One DescribeFineTuningTask result -> a snapshot row and its checkpoint rows. Never raises."""
-    checkpoints, clean = parse_checkpoints(result.get("checkpointList"))
+    points, clean, increasing = read_points(result.get("checkpointList"))
     # checkpointList lives in its own table; keep it in raw only when part of it could not be parsed.
     kept = {k: v for k, v in result.items() if k != "checkpointList" or not clean}
     raw = utf8(json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str))
@@ -184,12 +261,12 @@ def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, reque
     )
     reported = {column: next((p["value"] for p in pairs if p["metric"] == key), None)
                 for key, column in METRIC_COLUMNS.items()}  # fmt: skip
-    summary = curve_summary(checkpoints)
+    summary = _increasing_summary(points) if increasing else curve_summary(_dicts(points))
     # The checkpoint values live in their own table, but their summary is part of the state: a value revised in
     # place that moves the final or best value makes a new snapshot, so the latest snapshot's summary is current.
     # The list length (not checkpoint_count) as ever: another input would make every stored task look changed once.
     state_hash = hashlib.sha1(  # noqa: S324 - a fingerprint for change detection, not security
-        f"{raw}|{len(checkpoints)}|{sorted(summary.items())!r}".encode()
+        f"{raw}|{len(points[0])}|{sorted(summary.items())!r}".encode()
     ).hexdigest()
     return Normalised(
         {
@@ -215,12 +292,17 @@ def normalise(task_id: str, result: dict[str, Any], observed_at: datetime, reque
             "rouge_l": reported["rouge_l"],
             "metrics": pairs or None,
             # Distinct steps: an answer may repeat a step, which the checkpoints table and view hold once.
-            "checkpoint_count": len({point["step"] for point in checkpoints}),
+            "checkpoint_count": len(points[0]) if increasing else len(set(points[0])),
             **summary,
             "observed_at": observed_at,
             "request_id": request_id,
             "state_hash": state_hash,
             "raw": raw,
         },
-        checkpoints,
+        points,
+        increasing,
     )
+
+
+def _dicts(points: Points) -> list[Point]:
+    return [{"step": step, "perplexity": p, "training_loss": loss} for step, p, loss in zip(*points, strict=True)]

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from .compat import arrow
 from .errors import DataError
-from .schema import DUCKDB, TABLES, Files, struct
+from .schema import DUCKDB, SNAPSHOTS, TABLES, Files, struct
 from .store import Dataset
 from .summary import (
     MANIFEST_KEY,
@@ -29,6 +29,7 @@ from .summary import (
     Present,
     closed_files,
     listed_files,
+    present_manifest,
     present_path,
     read_manifest,
     read_present,
@@ -89,29 +90,21 @@ def _refresh(con: duckdb.DuckDBPyConnection, dataset: Dataset, name: str, every:
     past = DUCKDB.read_file(dataset.uri(path)) if extends else nothing
     since = manifest.before if extends and manifest is not None else ""
     days = tuple((day, None) for day in sorted(closed) if day >= since)
-    stored = f"({DUCKDB.source(TABLES[name].schema, Files(every.folder, days) if days else None)})"
-    sql = _snapshots_summary(past, stored) if name == "snapshots" else _polls_summary(past, stored)
-    table = arrow(con.sql(sql)).select(SCHEMAS[name].names).cast(SCHEMAS[name])
+    table = _summary(con, name, past, Files(every.folder, days) if days else None)
     _write(dataset, path, table, MANIFEST_KEY, Manifest(before, closed).to_json())
 
 
 def _refresh_present(con: duckdb.DuckDBPyConnection, dataset: Dataset, files: dict[str, Files | None]) -> None:
     """Write the present files (summary.py) over every file the tables hold now, unless they cover them already:
-    each table's summary rows over its summary of the closed days and the files after it, then the views of the
-    present over those rows, all with the same manifest."""
+    each table's summary rows, then the views of the present over those rows, all with the same manifest. The rows
+    are the present files' own extended by the files written since (:func:`_extended`) where that is exact, which
+    spares reading the days after the summary of the closed days; else that summary and those days."""
     if read_present(dataset) is not None:
         return
     listed = {name: listed_files(dataset, name) for name in SUMMARIZED}
-    tables = {}
-    for name in SUMMARIZED:
-        found, covered = files[name], recent_days(dataset, name)
-        if found is None or covered is None:
-            return
-        days = tuple((day, None) for day in covered[1])
-        past = DUCKDB.read_file(dataset.uri(summary_path(dataset, name)))
-        stored = f"({DUCKDB.source(TABLES[name].schema, Files(found.folder, days) if days else None)})"
-        sql = _snapshots_summary(past, stored) if name == "snapshots" else _polls_summary(past, stored)
-        tables[name] = arrow(con.sql(sql)).select(SCHEMAS[name].names).cast(SCHEMAS[name])
+    tables = _extended(con, dataset, files, listed) or _rebuilt(con, dataset, files)
+    if tables is None:
+        return
     latest = pc.max(tables["snapshots"].column("observed_at")).as_py()
     if latest is None:
         return  # no snapshot yet
@@ -124,6 +117,70 @@ def _refresh_present(con: duckdb.DuckDBPyConnection, dataset: Dataset, files: di
         con.execute(statement)
     for name in MATERIALIZED:
         _write(dataset, present_path(dataset, name), arrow(con.sql(f"SELECT * FROM {name}")), PRESENT_KEY, manifest)
+
+
+def _rebuilt(
+    con: duckdb.DuckDBPyConnection, dataset: Dataset, files: dict[str, Files | None]
+) -> dict[str, pa.Table] | None:
+    """Each table's summary rows over its summary of the closed days and the days after it; None without a summary
+    that covers the files."""
+    tables = {}
+    for name in SUMMARIZED:
+        found, covered = files[name], recent_days(dataset, name)
+        if found is None or covered is None:
+            return None
+        days = tuple((day, None) for day in covered[1])
+        past = DUCKDB.read_file(dataset.uri(summary_path(dataset, name)))
+        tables[name] = _summary(con, name, past, Files(found.folder, days) if days else None)
+    return tables
+
+
+def _extended(
+    con: duckdb.DuckDBPyConnection,
+    dataset: Dataset,
+    files: dict[str, Files | None],
+    listed: dict[str, dict[str, list[str]]],
+) -> dict[str, pa.Table] | None:
+    """Each table's summary rows as the present files hold them, extended by the files written since, as a summary
+    of the closed days is extended by the days closed since: exact when every file they cover is still there and
+    every snapshot of the files since is later than their latest snapshot (then no row is both in them and in the
+    files since, and each task's new rows follow its summarised ones). None otherwise: a compaction or a repair
+    changed files, or a collector stored rows of an earlier moment (a late or overlapping round), or there are no
+    usable present files."""
+    try:
+        rows = {name: pq.read_table(present_path(dataset, name), filesystem=dataset.fs) for name in SUMMARIZED}
+    except (OSError, pa.ArrowException) as exc:
+        log.debug("present files not extended: %s", exc)
+        return None
+    # The manifest as the rows read carry it: another collector may have replaced the files since they were listed.
+    texts = {(table.schema.metadata or {}).get(PRESENT_KEY) for table in rows.values()}
+    present = present_manifest(texts.pop()) if len(texts) == 1 else None
+    if present is None or any(rows[name].schema.remove_metadata() != SCHEMAS[name] for name in SUMMARIZED):
+        return None
+    tables = {}
+    for name in SUMMARIZED:
+        found, covered = files[name], present.files.get(name, {})
+        if found is None or any(not set(names) <= set(listed[name].get(day, ())) for day, names in covered.items()):
+            return None
+        # (A listed name is "name:size:mtime", see listed_files.)
+        since = tuple((day, entry.rsplit(":", 2)[0]) for day, names in sorted(listed[name].items())
+                      for entry in names if entry not in covered.get(day, ()))  # fmt: skip
+        stored = Files(found.folder, since) if since else None
+        if name == "snapshots" and stored is not None:
+            earlier = f"SELECT count(*) FROM ({DUCKDB.source(SNAPSHOTS, stored)}) WHERE (observed_at > ?) IS NOT TRUE"
+            if con.execute(earlier, [datetime.fromisoformat(present.latest)]).fetchall()[0][0]:
+                return None
+        con.register(f"present_{name}", rows[name])
+        tables[name] = _summary(con, name, f"present_{name}", stored)
+    return tables
+
+
+def _summary(con: duckdb.DuckDBPyConnection, name: str, past: str, files: Files | None) -> pa.Table:
+    """The summary rows of table ``name`` over the summary rows ``past`` (a table expression) and the data
+    ``files`` after them."""
+    stored = f"({DUCKDB.source(TABLES[name].schema, files)})"
+    sql = _snapshots_summary(past, stored) if name == "snapshots" else _polls_summary(past, stored)
+    return arrow(con.sql(sql)).select(SCHEMAS[name].names).cast(SCHEMAS[name])
 
 
 def _write(dataset: Dataset, path: str, table: pa.Table, key: bytes, manifest: bytes) -> None:

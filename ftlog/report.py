@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import jinja2
 import pandas as pd
 
-from . import __version__, analysis, plots
+from . import __version__, analysis, explore, plots
 from .errors import FtlogError
 from .schema import TERMINAL_STATUSES
 from .store import Dataset
@@ -295,17 +294,6 @@ def health_table(flags: pd.DataFrame, latest: pd.DataFrame) -> Table:
     return table
 
 
-def _environment() -> jinja2.Environment:
-    # autoescape=True for every template: names and messages come from the API and may hold markup.
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("ftlog", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def _with_columns(frame: pd.DataFrame, latest: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Add the task columns a frame lacks (e.g. ``run_status`` for grouping curves by status)."""
     missing = [c for c in columns if c not in frame.columns]
@@ -322,6 +310,7 @@ def write_report(
     ema: float | None = None,
     now: datetime | None = None,
     force: bool = False,
+    interactive: bool = True,
 ) -> Path:
     """Write the figures and ``index.html`` into ``out_dir`` and return the path of ``index.html``.
 
@@ -332,6 +321,9 @@ def write_report(
     ``out_dir`` is refused when it holds files an ftlog report did not write (they are not in its manifest,
     ``MANIFEST``); with ``force`` the report is written beside them, replacing a file only where it has the name of
     one of the report's files. Files ftlog did not write are never removed.
+
+    ``interactive`` (the default) adds the charts and runs table of :mod:`ftlog.explore` to the page, with their
+    data and scripts inline; without it the page shows the PNG figures only.
     """
     by = list(by)
     moment = now or datetime.now(timezone.utc)
@@ -345,6 +337,8 @@ def write_report(
         "ema": ema,
         "figures": [],
         "notes": [],
+        "interactive": interactive,
+        "live": False,
     }
     try:
         claimed = _claim(out, force=force)
@@ -356,8 +350,13 @@ def write_report(
             latest = analysis.tasks(con, tasks=tasks, jobs=jobs)
             if not latest.empty:
                 _fill(context, con, out, latest, jobs=jobs, tasks=tasks, by=by, ema=ema, now=moment)
+                if interactive:
+                    document = explore.payload(
+                        con, tasks=tasks, jobs=jobs, by=by, now=moment, location=context["location"]
+                    )
+                    context.update(explore.page_parts(document))
         context["empty"] = latest.empty
-        html = _environment().get_template("report.html").render(**context)
+        html = explore.environment().get_template("report.html").render(**context)
         index = plots.write_atomic(out / "index.html", html.encode("utf-8"))
         written = {index.name, *(figure.file for figure in context["figures"])}
         _write_manifest(out, written)

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -100,14 +100,18 @@ class State(Mapping[str, TaskState]):
         ]
 
     def __getitem__(self, task_id: str) -> TaskState:
+        steps, perplexity, loss = self.points(task_id)
+        checkpoints = dict(zip(steps, zip(perplexity, loss, strict=True), strict=True))
+        return replace(self.head(task_id), checkpoints=checkpoints)
+
+    def head(self, task_id: str) -> TaskState:
+        """``self[task_id]`` without its checkpoints (an empty dict): :meth:`points` reads them as columns."""
         row = self._rows[task_id]
         state_hash, status, progress, observed_at, since, stalled = (
             self._columns[name][row].as_py()
             for name in ("state_hash", "run_status", "run_progress", "observed_at", "progress_since", "stall_reported")
         )
-        steps, perplexity, loss = self.points(task_id)
-        checkpoints = dict(zip(steps, zip(perplexity, loss, strict=True), strict=True))
-        return TaskState(state_hash, status, progress, observed_at, checkpoints, since, bool(stalled))
+        return TaskState(state_hash, status, progress, observed_at, {}, since, bool(stalled))
 
     def points(self, task_id: str) -> Points:
         """The checkpoints of ``task_id`` as stored, as three lists (none for a NULL list): what ``self[task_id]``
@@ -285,8 +289,9 @@ def _rebuild_state(dataset: Dataset, name: str) -> State:
 
 def _write_state(dataset: Dataset, name: str, table: pa.Table) -> bytes:
     """Replace the state file ``name`` with ``table``; return the SHA-256 of the bytes written."""
-    # Dictionaries only where values repeat: for checkpoint values the writer would build and drop them.
-    data = parquet_bytes(conform(table, STATE), compression="zstd", use_dictionary=_STATE_DICTIONARY)
+    # Dictionaries only where values repeat: for checkpoint values the writer would build and drop them. LZ4, not
+    # zstd: the values (noisy doubles) hardly compress either way, and every round reads and writes the whole file.
+    data = parquet_bytes(conform(table, STATE), compression="lz4", use_dictionary=_STATE_DICTIONARY)
     dataset.write_bytes(state_path(dataset, name), data)
     return hashlib.sha256(data).digest()
 

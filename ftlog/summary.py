@@ -97,9 +97,11 @@ def recent_days(dataset: Dataset, name: str) -> tuple[Manifest, list[str]] | Non
 
 
 # -- the present: the same rows over every file, and the views of the present written out ------------------------
-# Written after each round's summary: the summary rows over every file then stored (``PRESENT_TABLES``), and the
+# Written after each round's summary: the summary rows over every file then stored (``SUMMARIZED``), and the
 # views that read them (``MATERIALIZED``), each carrying the same manifest. While the tables hold exactly the files
-# it names, readers take the views of the present from these files as they are, reading no history at all.
+# it names, readers take the views of the present from these files as they are, reading no history at all. A round
+# extends them by the files written since, as the summary of the closed days is extended by the days closed since,
+# while every file they name is still there and the new snapshots are all later (see refresh.py).
 PRESENT_DIR = f"{SUMMARY_DIR}/present"
 PRESENT_KEY = b"ftlog.present"
 MATERIALIZED = ("tasks", "reported_metrics", "_latest_states")
@@ -115,6 +117,13 @@ class Present:
 
     def to_json(self) -> bytes:
         return json.dumps({"files": self.files, "latest": self.latest}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, text: bytes) -> Present:
+        found = json.loads(text)
+        files = {str(name): {str(day): list(names) for day, names in days.items()}
+                 for name, days in found["files"].items()}  # fmt: skip
+        return cls(files, str(found["latest"]))
 
 
 def present_path(dataset: Dataset, name: str) -> str:
@@ -144,13 +153,19 @@ def read_present(dataset: Dataset) -> Present | None:
         log.debug("present files not used: %s", exc)
         return None
     text = found.pop() if len(found) == 1 else None
-    if text is None:
-        return None
-    try:
-        manifest = json.loads(text)
-        present = Present({str(k): v for k, v in manifest["files"].items()}, str(manifest["latest"]))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    present = present_manifest(text)
+    if present is None:
         return None
     if any(present.files.get(name) != listed_files(dataset, name) for name in SUMMARIZED):
         return None
     return present
+
+
+def present_manifest(text: bytes | None) -> Present | None:
+    """The present files' manifest from the metadata ``text`` of one of them; None when it does not read as one."""
+    if text is None:
+        return None
+    try:
+        return Present.from_json(text)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

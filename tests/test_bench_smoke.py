@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6", "7", "8a", "8b", "8c", "9", "10a", "10b",
            "11a", "11b", *(f"12{letter}" for letter in "abcdefgh"), "13a", "13b", "14a", "14b", "15a", "15b", "16a",
-           "16b", "17a", "17b"]  # fmt: skip
+           "16b", "17a", "17b", "18a", "18b", "18c"]  # fmt: skip
 MLFLOW_BASELINES = {"1a", "1b", "3a"}
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 from event_story import BASE, EXPECTED, JOB, T0, A, B, Clock, meaning, play
 
@@ -210,3 +211,18 @@ def test_compaction_merges_copies_and_the_view_keeps_first_sightings(
     assert dataset.compact(T0 + timedelta(days=2)) > 0
     assert rows(dataset, "SELECT count(*) FROM _events") == [(2 * len(first),)]
     assert seen(dataset) == first
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[3.0, 1.0, 2.0, 1.0], [None, float("nan"), float("inf")], [], [0.0, -0.0, 5.0], [None, 2.0, -float("inf"), 2.0]],
+)
+def test_lowest_of_columns_is_best_of_the_dict(values: list[float | None]) -> None:
+    from ftlog.events import best, lowest, merge_lowest
+
+    steps = [10 * (k + 1) for k in range(len(values))]
+    checkpoints = {step: (value, value) for step, value in zip(steps, values, strict=True)}
+    assert repr(lowest(steps, values)) == repr(best(checkpoints, 0))
+    for cut in range(len(values) + 1):  # known checkpoints, then the rest appended
+        merged = merge_lowest(lowest(steps[:cut], values[:cut]), lowest(steps[cut:], values[cut:]))
+        assert repr(merged) == repr(best(checkpoints, 0))

@@ -157,3 +157,43 @@ def test_state_hash_follows_the_normalised_state() -> None:
     assert snapshot_of({**DONE, "runStatus": "Running"})["state_hash"] != base
     assert snapshot_of({**DONE, "somethingNew": 2})["state_hash"] != base
     assert snapshot_of({**DONE, "checkpointList": DONE["checkpointList"][:1]})["state_hash"] != base
+
+
+REGULAR = [{"step": 10 * k, "perplexity": 3.0 - k / 10, "trainingLoss": 1.0 - k / 100} for k in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        REGULAR,
+        [*REGULAR[:2], {"step": True, "perplexity": 1.0, "trainingLoss": 1.0}],  # a bool step
+        [*REGULAR[:2], {"step": 40.0, "perplexity": 1.0, "trainingLoss": 1.0}],  # an integral float step
+        [*REGULAR[:2], {"step": 40.5, "perplexity": 1.0, "trainingLoss": 1.0}],
+        [*REGULAR[:2], {"step": "40", "perplexity": 1.0, "trainingLoss": 1.0}],
+        [{"step": -(2**63), "perplexity": 1.0, "trainingLoss": 1.0}, *REGULAR],  # beyond what is stored
+        [*REGULAR, {"step": 2**63, "perplexity": 1.0, "trainingLoss": 1.0}],
+        [*REGULAR, REGULAR[1]],  # a step repeated, out of order
+        [*REGULAR[:2], {"step": 20, "perplexity": 9.0, "trainingLoss": 9.0}],  # a step repeated in order
+        [*REGULAR[:2], {"step": 30, "perplexity": 2, "trainingLoss": True}],  # an int and a bool value
+        [*REGULAR[:2], {"step": 30, "perplexity": None, "trainingLoss": "0.5"}],
+        [*REGULAR[:2], {"step": 30, "trainingLoss": 0.5}],  # a missing value
+        [*REGULAR[:2], {"step": 30, "perplexity": float("nan"), "trainingLoss": float("inf")}],
+        [*REGULAR[:2], {"step": 30, "perplexity": -0.0, "trainingLoss": 0.0}, {"step": 40, "perplexity": 0.0}],
+        [*REGULAR[:2], [30, 1.0, 1.0]],  # not a dict
+        [*REGULAR[:2], None],
+    ],
+)
+def test_lists_read_in_bulk_normalise_as_read_one_checkpoint_at_a_time(entries: list[Any]) -> None:
+    """normalise reads a regular list in bulk: whatever the list holds, the result is what the careful reading of
+    one checkpoint at a time (parse_checkpoints, curve_summary) makes of it."""
+    from ftlog.normalise import curve_summary, parse_checkpoints
+
+    row = normalise("task-x", {"checkpointList": entries}, T0, None)
+    expected, clean = parse_checkpoints(entries)
+    assert [(p["step"], repr(p["perplexity"]), repr(p["training_loss"])) for p in row.checkpoints] == [
+        (p["step"], repr(p["perplexity"]), repr(p["training_loss"])) for p in expected
+    ]
+    summary = curve_summary(expected)
+    assert repr([row.snapshot[key] for key in summary]) == repr(list(summary.values()))  # type: ignore[literal-required]
+    assert row.snapshot["checkpoint_count"] == len({p["step"] for p in expected})
+    assert ("checkpointList" in json.loads(row.snapshot["raw"])) is not clean

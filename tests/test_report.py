@@ -81,7 +81,10 @@ def test_report_is_one_self_contained_file(report: tuple[Path, str]) -> None:
         width, height = plots.png_size(png)
         # Shown at half its pixel size, so it stays sharp on high-DPI screens.
         assert (int(attrs["width"]), int(attrs["height"])) == (width // 2, height // 2)
-    assert not [tag for tag, _ in page.tags if tag in ("script", "link", "iframe", "object", "embed", "base")]
+    assert not [tag for tag, _ in page.tags if tag in ("link", "iframe", "object", "embed", "base")]
+    scripts = [attrs for tag, attrs in page.tags if tag == "script"]
+    assert scripts and all("src" not in attrs for attrs in scripts), "every script is inline"
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html  # the page may load nothing
     for tag, attrs in page.tags:
         assert all("http:" not in value and "https:" not in value for value in attrs.values()), (tag, attrs)
         assert attrs.get("href", "#").startswith("#"), (tag, attrs)
@@ -214,7 +217,9 @@ def test_cli_demo_collects_until_done_and_reports(tmp_path: Path) -> None:
     assert "round 1:" in done.stderr
     statuses = analysis.tasks(data)["run_status"]
     assert set(statuses) <= {"Done", "Failed", "Stopped"}, "collected until every task ended"
-    assert Page((out / "index.html").read_text(encoding="utf-8")).ids["task-count"] == str(len(statuses))
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert Page(html).ids["task-count"] == str(len(statuses))
+    assert 'id="explore"' in html and 'id="ftlog-data"' in html, "the demo writes the interactive report"
 
 
 def test_demo_deletes_only_folders_it_made(tmp_path: Path) -> None:
@@ -232,3 +237,24 @@ def test_demo_deletes_only_folders_it_made(tmp_path: Path) -> None:
     assert sorted(p.name for p in again.iterdir()) == [MARKER]
     (tmp_path / "empty").mkdir()
     assert sorted(p.name for p in prepare_data_dir(tmp_path / "empty").iterdir()) == [MARKER]
+
+
+def test_static_report_has_no_script(population: tuple[Path, Population], tmp_path: Path) -> None:
+    data, _ = population
+    html = write_report(data, tmp_path / "static", interactive=False).read_text(encoding="utf-8")
+    page = Page(html)
+    assert not [tag for tag, _ in page.tags if tag in ("script", "link", "iframe", "object", "embed", "base")]
+    assert 'id="explore"' not in html
+    assert len([attrs for tag, attrs in page.tags if tag == "img"]) == len(FIGURE_FILES)
+
+
+def test_cli_report_static_flag(population: tuple[Path, Population], tmp_path: Path) -> None:
+    data, _ = population
+    for flags, scripted in (([], True), (["--static"], False)):
+        out = tmp_path / ("static" if flags else "interactive")
+        done = subprocess.run(
+            [sys.executable, "-m", "ftlog", "report", "--data", str(data), "--out", str(out), *flags],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert ("<script>" in (out / "index.html").read_text(encoding="utf-8")) is scripted

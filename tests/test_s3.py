@@ -306,3 +306,36 @@ def test_check_repairs_object_storage(s3: str, sim: Simulator) -> None:
     assert runner.invoke(cli, ["check", "--data", s3]).exit_code == 0
     with connect(s3) as con:
         assert con.execute("SELECT count(*) FROM tasks").fetchone() == (len(sim.tasks),)
+
+
+def test_serve_answers_from_object_storage_and_sees_new_rounds(s3: str, sim: Simulator) -> None:
+    import threading
+
+    import requests
+
+    from ftlog.serve import make_server_for
+
+    dataset = Dataset(s3)
+    client = client_for(sim)
+    collect_round(client, dataset, Selection(all_jobs=True))
+    server = make_server_for(dataset, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with connect(s3) as con:
+            expected = [row[0] for row in con.execute("SELECT task_id FROM tasks ORDER BY 1").fetchall()]
+        assert [t["task_id"] for t in requests.get(url + "api/tasks", timeout=60).json()] == expected
+        version = requests.get(url + "api/version", timeout=60).json()["version"]
+        collect_round(client, dataset, Selection(all_jobs=True))
+        deadline = time.monotonic() + 30
+        while requests.get(url + "api/version", timeout=60).json()["version"] == version:
+            assert time.monotonic() < deadline, "a new round changes the version"
+            time.sleep(0.3)
+        document = requests.get(url + "api/report", timeout=60).json()
+        assert document["runs"]["task_id"] == expected
+        assert S3_SECRET not in requests.get(url, timeout=60).text + json.dumps(document)
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.app.live.close()
+        client.close()

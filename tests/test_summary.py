@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from payloads import DONE
-from test_portable import ALL, JOB, overlapping_rounds
+from test_portable import ALL, JOB, overlapping_rounds, serve
 
-from ftlog import analysis
+from ftlog import analysis, refresh
 from ftlog.client import QianfanClient
 from ftlog.collect import Selection, after_round, run_round
 from ftlog.normalise import normalise
@@ -189,3 +190,72 @@ def test_a_damaged_summary_is_not_used_and_is_rebuilt(
     refresh_summaries(dataset, DAY1 + timedelta(days=3, hours=2))
     assert read_manifest(dataset, "snapshots") is not None and read_present(dataset) is not None
     assert_exact(days, tmp_path, summarised=True, present=True)
+
+
+def present_rows(data: Path) -> dict[str, pa.Table]:
+    """The rows of each present file, in one order, with the manifest they carry."""
+    keys = [("task_id", "ascending"), ("observed_at", "ascending"), ("state_hash", "ascending")]
+    found = {}
+    for path in sorted((data / SUMMARY_DIR / "present").glob("*.parquet")):
+        table = pq.read_table(path)
+        found[path.name] = table.sort_by([key for key in keys if key[0] in table.column_names])
+    return found
+
+
+def test_the_present_files_are_extended_by_each_round(
+    sim: Simulator, client: QianfanClient, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round after round within a day, two collectors' among them, the present files are extended by the files
+    written since alone, and hold what they would hold rebuilt over the summary of the closed days and the days
+    after it. Rows of an earlier moment than they cover (a collector that stored late), a compaction and a new day
+    have them rebuilt instead. Either way every view answers as over the whole history."""
+    dataset = Dataset(data)
+    rebuilds: list[Dataset] = []  # of the present files, by refresh_summaries
+    rebuild = refresh._rebuilt
+
+    def counted(con: Any, at: Dataset, files: Any) -> Any:
+        rebuilds.append(at)
+        return rebuild(con, at, files)
+
+    monkeypatch.setattr(refresh, "_rebuilt", counted)
+    notifier = Notifier(targets_from(commands=["true"]), attempts=1, backoff=0.01)
+
+    def collect(at: datetime, version: int) -> None:
+        serve(sim, version)
+        after_round(dataset, run_round(client, dataset, Selection(task_ids=ALL), now=lambda: at), now=lambda: at)
+
+    def as_rebuilt(at: datetime) -> None:
+        copy = tmp_path / "rebuilt"
+        shutil.copytree(data, copy)
+        shutil.rmtree(copy / SUMMARY_DIR / "present")
+        refresh_summaries(Dataset(copy), at)
+        assert present_rows(data) == present_rows(copy)
+        shutil.rmtree(copy)
+        rebuilds.pop()
+
+    for day, version in enumerate((1, 2, 3)):
+        collect(DAY1 + timedelta(days=day), version)
+    start, rebuilt = DAY1 + timedelta(days=3), len(rebuilds)
+    for k, version in enumerate((3, 4, 5)):
+        at = start + timedelta(hours=k)
+        overlapping_rounds(sim, client, dataset, at, range(version, version + 1), notifier)
+        collect(at + timedelta(minutes=30), version)
+        assert len(rebuilds) == rebuilt
+        as_rebuilt(at + timedelta(minutes=30))
+    assert_exact(data, tmp_path, summarised=True, present=True)
+
+    late = start + timedelta(hours=2)  # before the latest stored row: extending would put it after
+    answer = {**DONE, "taskId": ALL[0], "jobId": JOB, "runStatus": "Running", "runProgress": "77%"}
+    dataset.append("snapshots", [normalise(ALL[0], answer, late, "req-late").snapshot], late)
+    refresh_summaries(dataset, start + timedelta(hours=3))
+    assert len(rebuilds) == rebuilt + 1 and read_present(dataset) is not None
+    as_rebuilt(start + timedelta(hours=3))
+    assert_exact(data, tmp_path, summarised=True, present=True)
+
+    later = start + timedelta(days=1)
+    collect(later, 5)  # compacts the day before: its files are others now
+    assert len(rebuilds) == rebuilt + 2
+    collect(later + timedelta(hours=1), 6)
+    assert len(rebuilds) == rebuilt + 2
+    as_rebuilt(later + timedelta(hours=1))
+    assert_exact(data, tmp_path, summarised=True, present=True)
