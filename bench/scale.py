@@ -158,14 +158,13 @@ def figure_11(size: str, work: Path, runs: int, log: Callable[[str], None]) -> t
         notes.append(
             "Figure 11, where the time goes: both sides sort 5 M rows by task and step, which is most of the "
             "baseline, and DuckDB sorts rows that arrive nearly in that order much faster: the baseline's file holds "
-            "them so, while compaction leaves each task's checkpoints in order of time only, the steps seen at one "
-            "time in any order (store.dedupe), and the open day's files hold them as the collector wrote them. "
-            "Measured on this dataset, the same view over the same files sorted by task, time and then step takes "
-            "1.0-1.3x the baseline. Besides, ftlog's checkpoints view compares each task's step ranges across files "
-            "(a GROUP BY over every row, so that only tasks whose files overlap pay for de-duplication) and joins "
-            "each task's attributes, about 0.15-0.2 s each (curves() attaches them in Arrow by task position). "
-            "Sorting inside the view by integer task position first measured 1.4-1.6x, and would make every "
-            "filtered query of the view sort every checkpoint."
+            "them so, and so does compaction (store.dedupe sorts by task, time and step), while the open day's files "
+            "hold each task's new checkpoints in step order but the tasks in the order their answers came. Besides, "
+            "ftlog's checkpoints view compares each task's step ranges across files (a GROUP BY over every row, so "
+            "that only tasks whose files overlap pay for de-duplication) and joins each task's attributes, about "
+            "0.15-0.2 s each (curves() attaches them in Arrow by task position). Sorting inside the view by integer "
+            "task position first measured 1.4-1.6x, and would make every filtered query of the view sort every "
+            "checkpoint."
         )
     return rows, notes, data
 
@@ -217,11 +216,10 @@ def figure_12(
     notes = [note]
     if any(row.met is False for row in rows if row.title.startswith("status()")):
         notes.append(
-            "Figure 12, where the time goes (status()): ftlog keeps the present in two files (the tasks view's rows "
-            "and each task's latest state, which carries best_loss), so DuckDB binds and scans a second file and "
-            "joins the two by task where the baseline reads one file: about 0.5-0.8 ms at 1,000 tasks, most of the "
-            "gap. The rows are then sorted by task in Arrow and made a DataFrame as on the other side. ETAs and "
-            "stalls are worked out in SQL, and only when some task is Running (none at the moment measured)."
+            "Figure 12, where the time goes (status()): the present files hold what status() shows per task written "
+            "out (the _status view, summary.MATERIALIZED), so it reads one file as the baseline does; the rows are "
+            "then sorted by task in Arrow and made a DataFrame as on the other side. ETAs and stalls are worked out "
+            "in SQL, and only when some task is Running (none at the moment measured)."
         )
     return rows, notes
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from .client import QianfanClient
     from .collect import RoundResult
+    from .rules import Rule
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_PARTIAL = 3
@@ -254,6 +255,15 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return int(index), int(count)
 
 
+def parse_rules(values: tuple[str, ...]) -> tuple[Rule, ...]:
+    from .rules import RuleError, parse  # the standard library only
+
+    try:
+        return tuple(dict.fromkeys(parse(value) for value in values))
+    except RuleError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def make_client(
     endpoint: str | None, rps: float, timeout: float = CALL_SECONDS, max_answer_mb: float = MAX_BYTES / 2**20
 ) -> QianfanClient:
@@ -289,6 +299,16 @@ def make_client(
               help="Webhook body; auto: chat robot format by host, else JSON (env FTLOG_NOTIFY_FORMAT).")  # fmt: skip
 @click.option("--stall-minutes", default=30.0, show_default=True, type=Finite(0, MAX_STALL_MINUTES),
               help="Report a stall when a Running task's progress has not moved for this long (0: never).")  # fmt: skip
+@click.option(
+    "--stop-when",
+    "stop_when",
+    multiple=True,
+    metavar="RULE",
+    callback=lambda ctx, param, value: parse_rules(value),
+    help="Judge running tasks by RULE each round (repeatable): nan, diverged[:RATIO[:K]] (1.5, 3), "
+    "plateau[:PCT[:K]] (1, 5). Advice, recorded as stop events and actions, unless --stop-tasks.",
+)
+@click.option("--stop-tasks", is_flag=True, help="With --stop-when: stop the tasks a rule trips on (once each).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @new_data_option
 @handle_errors
@@ -309,6 +329,8 @@ def collect(
     notify_commands: tuple[str, ...],
     notify_format: str | None,
     stall_minutes: float,
+    stop_when: tuple[Rule, ...],
+    stop_tasks: bool,
     quiet: bool,
     data: str,
 ) -> None:
@@ -323,6 +345,8 @@ def collect(
         raise click.UsageError("nothing to collect: name task ids, use --job JOB_ID, or --all")
     if shard and not (job_ids or all_jobs):
         raise click.UsageError("--shard splits jobs: use it with --all or --job")
+    if stop_tasks and not stop_when:
+        raise click.UsageError("--stop-tasks acts on --stop-when rules: name at least one, e.g. --stop-when nan")
     selection = Selection(task_ids, job_ids, all_jobs, shard)
     dataset = Dataset(data)
     client = make_client(endpoint, rps, timeout, max_answer_mb)
@@ -330,6 +354,12 @@ def collect(
     notifier = Notifier(targets) if targets else None
     stall_after = timedelta(minutes=stall_minutes) if stall_minutes else None
     show = not quiet and sys.stderr.isatty()
+    stop_rules = None
+    if stop_when:
+        from .stopping import StopRules
+
+        stop_rules = StopRules(stop_when, client if stop_tasks else None)
+    after: dict[str, Any] = {"notifier": notifier, "stop_rules": stop_rules}
 
     with stop_on_interrupt() as stop:
 
@@ -337,7 +367,7 @@ def collect(
             # The round (fetch, diff, save), then compaction and notifications; exit 1 if nothing was described.
             options: dict[str, Any] = {"concurrency": concurrency, "stop": stop, "stall_after": stall_after}
             if not show:
-                return after_round(dataset, run_round(client, dataset, selection, **options), notifier=notifier)
+                return after_round(dataset, run_round(client, dataset, selection, **options), **after)
             with click.progressbar(length=0, label="describing", file=sys.stderr, show_pos=True) as bar:
 
                 def step(done: int, total: int) -> None:
@@ -345,7 +375,7 @@ def collect(
                     bar.update(done - bar.pos)
 
                 result = run_round(client, dataset, selection, progress=step, **options)
-            return after_round(dataset, result, notifier=notifier)
+            return after_round(dataset, result, **after)
 
         def report(result: RoundResult) -> None:
             if not quiet:
@@ -368,7 +398,7 @@ def collect(
 @handle_errors
 def query(sql: str, fmt: str, data: str) -> None:
     """Run a read-only SQL query against the views (snapshots, tasks, checkpoints, curves, metrics, metric_values,
-    status_changes, polls, events, deliveries). It reads the dataset and nothing else: for other SQL use
+    status_changes, polls, events, deliveries, actions). It reads the dataset and nothing else: for other SQL use
     ftlog.connect() in Python."""
     import pandas as pd
 
@@ -392,7 +422,7 @@ def query(sql: str, fmt: str, data: str) -> None:
 @handle_errors
 def sql_command(engine: str, data: str) -> None:
     """Print the statements that register every ftlog view (snapshots, tasks, checkpoints, curves, metrics,
-    metric_values, status_changes, polls, events, deliveries) over the dataset in another session of ENGINE,
+    metric_values, status_changes, polls, events, deliveries, actions) over the dataset in another session of ENGINE,
     generated from ftlog's own view definitions, for a session with no ftlog: for duckdb, a script for any DuckDB
     session; for spark, Spark SQL statements, each ending in ';' at the end of a line, to run one by one."""
     from .views import sql_script
@@ -676,6 +706,107 @@ def check_command(repair: bool, data: str) -> None:
         click.echo(line)
     if not report.ok:
         sys.exit(1)
+
+
+def api_options(func: F) -> F:
+    """``--endpoint``, ``--rps`` and ``--timeout`` of a command that calls the API, as ``collect`` has them."""
+    for option in reversed([
+        click.option("--endpoint", metavar="URL", help="API base URL (env QIANFAN_CONSOLE_API_BASE_URL)."),
+        click.option("--rps", envvar="FTLOG_RPS", type=Finite(0.01, MAX_RPS), default=DEFAULT_RPS,
+                     show_default=True, help="Requests-per-second cap (env FTLOG_RPS)."),
+        click.option("--timeout", type=Finite(1, 3600), default=CALL_SECONDS, show_default=True,
+                     help="Seconds one API call may take in all, retries included (each try at most 30)."),
+    ]):  # fmt: skip
+        func = option(func)
+    return func
+
+
+@cli.command("stop")
+@click.argument("task_ids", nargs=-1, required=True, metavar="TASK_ID...")
+@click.option("--yes", is_flag=True, help="Send the stops; without it, only say what would be done.")
+@api_options
+@new_data_option
+@handle_errors
+def stop_command(task_ids: tuple[str, ...], yes: bool, endpoint: str | None, rps: float, timeout: float,
+                 data: str) -> None:  # fmt: skip
+    """Stop queued or running tasks (StopFineTuningTask). Without --yes, print what would be done: nothing is sent
+    and no credentials are needed. With --yes, stop each task, print its outcome and record it in the actions
+    table; exit 1 if any task was not stopped (the others are still tried)."""
+    from . import act
+    from .store import Dataset
+
+    dataset = Dataset(data)
+    if not yes:
+        known = act.known_tasks(dataset, task_ids)
+        for task_id in dict.fromkeys(task_ids):
+            click.echo(printable(act.intent(task_id, known.get(task_id))))
+        click.echo("dry run: nothing sent; add --yes to stop", err=True)
+        return
+    with make_client(endpoint, rps, timeout) as client:
+        rows = []
+        for row in act.stop_tasks(client, dataset, task_ids):
+            click.echo(printable(act.outcome_line(row)))
+            rows.append(row)
+    failed = [act.problem(row) for row in rows if row["outcome"] != "sent"]
+    if failed:
+        raise click.ClickException(error_line(f"could not stop {'; '.join(failed)}"))
+
+
+def parse_settings(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    from .act import parse_setting
+
+    try:
+        return dict(parse_setting(value) for value in values)
+    except FtlogError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command("continue")
+@click.argument("task_id")
+@click.option("--step", type=click.IntRange(min=0), help="Continue from this checkpoint step (one stored).")
+@click.option("--best", type=click.Choice(["loss", "perplexity"]),
+              help="Continue from the checkpoint of lowest training loss (the default) or perplexity.")  # fmt: skip
+@click.option("--dataset", "version_id", required=True, metavar="VERSION_ID",
+              help="The dataset version to train on (datasetConfig.versions).")  # fmt: skip
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", callback=parse_settings,
+              help="A hyperParameterConfig value (repeatable): a number or true/false as such, else text.")  # fmt: skip
+@click.option("--body", "body_file", metavar="FILE",
+              help="A JSON object of further CreateFineTuningTask fields; the fields ftlog sets win.")  # fmt: skip
+@click.option("--yes", is_flag=True, help="Create the task; without it, print the request body and send nothing.")
+@api_options
+@data_option
+@handle_errors
+def continue_command(task_id: str, step: int | None, best: str | None, version_id: str, settings: dict[str, Any],
+                     body_file: str | None, yes: bool, endpoint: str | None, rps: float, timeout: float,
+                     data: str) -> None:  # fmt: skip
+    """Create a task in TASK_ID's job that continues from one of its stored checkpoints (CreateFineTuningTask with
+    incrementTaskId and incrementCheckpointStep), with the task's parameter scale. Without --yes, print the exact
+    request body: nothing is sent and no credentials are needed. With --yes, send it once (never retried), print
+    the new task id and record the action in the actions table."""
+    from . import act
+    from .store import Dataset
+
+    if step is not None and best is not None:
+        raise click.UsageError("--step and --best exclude each other: give one")
+    base = act.load_body(body_file) if body_file else None
+    dataset = Dataset(data)
+    plan = act.plan_continue(dataset, task_id, version_id=version_id, step=step, best=best or "loss",
+                             settings=settings, base=base)  # fmt: skip
+    if not yes:
+        text = json.dumps(plan.body, indent=2, ensure_ascii=False)
+        # Control characters in strings as JSON escapes, as `--format json` prints them; JSON's own line breaks kept.
+        click.echo(CONTROL.sub(lambda m: m[0] if m[0] == "\n" else f"\\u{ord(m[0]):04x}", text))
+        click.echo(f"dry run: nothing sent; continues {task_id} from {plan.reason}; add --yes to create the task",
+                   err=True)  # fmt: skip
+        return
+    with make_client(endpoint, rps, timeout) as client:
+        row = act.continue_task(client, plan)
+    if row["outcome"] == "sent":
+        click.echo(f"created {row['new_task_id']} in {plan.job_id}, from {task_id} {plan.reason}", err=True)
+        click.echo(row["new_task_id"])
+    act.record(dataset, [row])
+    if row["outcome"] != "sent":
+        raise click.ClickException(error_line(f"could not continue {act.problem(row)}"))
 
 
 def main() -> None:  # pragma: no cover - console entry point

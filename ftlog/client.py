@@ -152,18 +152,22 @@ class QianfanClient:
         )
         return headers
 
-    def call(self, action: str, body: Mapping[str, Any]) -> Answer:
-        """One API call with retries. Raises :class:`ApiError` (or a subclass) when it cannot succeed."""
+    def call(self, action: str, body: Mapping[str, Any], *, retry: bool = True) -> Answer:
+        """One API call with retries. Raises :class:`ApiError` (or a subclass) when it cannot succeed.
+
+        ``retry=False`` sends the request once, whatever fails: for an action that must never happen twice (a
+        create), since an answer lost on the way back does not mean the server did nothing."""
         payload = json.dumps(body, ensure_ascii=False).encode()
         url = f"{self.base_url}{API_PATH}"
         deadline = time.monotonic() + self.retry.total
-        for attempt in range(1, self.retry.attempts + 1):
+        attempts = self.retry.attempts if retry else 1
+        for attempt in range(1, attempts + 1):
             # Each attempt gets at most the time the call has left, so a call never outlives its total.
             error, wait = self._attempt(action, url, payload, max(0.05, min(self.timeout, deadline - time.monotonic())))
             if isinstance(error, Answer):
                 return error
             remaining = deadline - time.monotonic()
-            if not error.retryable or attempt == self.retry.attempts:
+            if not error.retryable or attempt == attempts:
                 raise error
             if wait is None:
                 wait = random.uniform(0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1)))
@@ -208,6 +212,22 @@ class QianfanClient:
         if not isinstance(answer.result, dict):
             raise ApiError(
                 f"DescribeFineTuningTask: result for {task_id} is {type(answer.result).__name__}, not an object",
+                status=answer.status,
+                request_id=answer.request_id,
+            )
+        return answer
+
+    def stop_task(self, task_id: str) -> Answer:
+        """StopFineTuningTask. Retried like a read: stopping a task twice stops it once."""
+        return self.call("StopFineTuningTask", {"taskId": task_id})
+
+    def create_task(self, body: Mapping[str, Any]) -> Answer:
+        """CreateFineTuningTask, sent once and never retried: a retry after a lost answer could start a second
+        paid run. The result is ``{"jobId": ..., "taskId": ...}``."""
+        answer = self.call("CreateFineTuningTask", body, retry=False)
+        if not isinstance(answer.result, dict) or not isinstance(answer.result.get("taskId"), str):
+            raise ApiError(
+                "CreateFineTuningTask: the answer names no taskId; the task may have been created",
                 status=answer.status,
                 request_id=answer.request_id,
             )

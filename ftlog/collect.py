@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pyarrow as pa
 
 from .client import Answer, QianfanClient
@@ -34,6 +35,9 @@ from .rows import PollOutcome, PollRow
 from .schema import CHECKPOINTS, EVENTS, POLLS, SNAPSHOTS, TERMINAL_STATUSES
 from .state import DEFAULT_NAME, Points, State, StateRows, TaskState, load_state, same_value, save_state
 from .store import Dataset, Rows, Runs
+
+if TYPE_CHECKING:  # loaded by the caller that has stop rules: a round without them needs no views
+    from .stopping import StopReport, StopRules
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ class RoundResult:
     interrupted: bool = False
     events: int = 0
     delivery: DeliveryReport | None = None  # set when notifications are configured
+    stops: StopReport | None = None  # set when stop rules are given
     task_ids: list[str] = field(default_factory=list, repr=False)  # the selection as discovered, in order
 
     def count(self, changes: RoundChanges) -> None:
@@ -112,6 +117,7 @@ class RoundResult:
             f"{self.tasks} tasks: {self.changed} changed, {self.unchanged} unchanged, {self.errors} errors, "
             f"{self.new_checkpoints} new checkpoints in {self.seconds:.1f}s"
         )
+        text += f"; stop rules: {self.stops}" if self.stops else ""
         text += f"; notifications: {self.delivery}" if self.delivery else ""
         return text + (" (interrupted)" if self.interrupted else "")
 
@@ -194,13 +200,15 @@ def collect_round(
     compact: bool = True,
     stall_after: timedelta | None = DEFAULT_STALL,
     notifier: Notifier | None = None,
+    stop_rules: StopRules | None = None,
 ) -> RoundResult:
     """:func:`run_round`, then :func:`after_round`: a round as ``ftlog collect`` runs it, in one call. Raises only
     when nothing could be done (credentials rejected, API unreachable); per-task failures are counted and stored
-    in ``polls``. With ``notifier``, pending events are delivered after the writes, within its budget."""
+    in ``polls``. With ``notifier``, pending events are delivered after the writes, within its budget; with
+    ``stop_rules``, the round's running tasks are judged by them first (ftlog/stopping.py)."""
     result = run_round(client, dataset, selection, concurrency=concurrency, now=now, stop=stop, progress=progress,
                        stall_after=stall_after)  # fmt: skip
-    return after_round(dataset, result, now=now, compact=compact, notifier=notifier)
+    return after_round(dataset, result, now=now, compact=compact, notifier=notifier, stop_rules=stop_rules)
 
 
 def run_round(
@@ -363,16 +371,25 @@ def after_round(
     now: Callable[[], datetime] = utcnow,
     compact: bool = True,
     notifier: Notifier | None = None,
+    stop_rules: StopRules | None = None,
 ) -> RoundResult:
-    """What follows a round's writes: with ``compact``, merge closed partitions (``Dataset.compact``); with
-    ``notifier``, deliver pending events of the round's tasks (a collector notifies of its own tasks). Last, a
-    round in which every describe failed is an error (exit 1), raised only now so that it compacts and delivers
-    what earlier rounds found like any other. Returns ``result``, its time including these steps."""
+    """What follows a round's writes: with ``stop_rules``, judge the round's running tasks and record (and with a
+    client, act on) what trips (ftlog/stopping.py); with ``compact``, merge closed partitions
+    (``Dataset.compact``); with ``notifier``, deliver pending events of the round's tasks (a collector notifies of
+    its own tasks). Last, a round in which every describe failed is an error (exit 1), raised only now so that it
+    compacts and delivers what earlier rounds found like any other. Returns ``result``, its time including these
+    steps."""
     started = time.monotonic()
     # The round's rows and state are freed by now, but Arrow's memory pool keeps their pages for reuse: hand them
     # back, so that what follows (compaction, and the summaries' refresh in DuckDB's own memory) does not come on
     # top of them.
     pa.default_memory_pool().release_unused()
+    if stop_rules is not None:
+        try:
+            result.stops = stop_rules.apply(dataset, result.statuses, now)
+        # Unreadable data, a write that failed: the round itself is stored, and the watch goes on.
+        except (FtlogError, duckdb.Error, pa.ArrowException, OSError) as exc:
+            log.warning("stop rules not applied this round: %s", exc)
     if compact:
         moment = now()
         dataset.compact(moment)

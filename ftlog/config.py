@@ -29,7 +29,7 @@ CALL_SECONDS = 60.0  # the most one call may take, retries and waits included ..
 ATTEMPT_SECONDS = 30.0  # ... and one attempt of it
 MAX_BYTES = 32 * 1024 * 1024  # the largest answer read (decoded); larger ones are error polls
 NOTIFY_FORMATS = ("auto", "json", "markdown", "dingtalk", "feishu")
-EVENT_KINDS = ("status", "stall", "best_checkpoint")
+EVENT_KINDS = ("status", "stall", "best_checkpoint", "stop")
 SQL_ENGINES = ("duckdb", "spark")  # `ftlog sql --engine`: the dialects of views.DIALECTS, named here for a light CLI
 
 _FLAGGED_DOTENV: set[Path] = set()

@@ -1,4 +1,4 @@
-"""Events derived from what the collector stores: terminal status changes, stalls and new best checkpoints.
+"""Events derived from what the collector stores: terminal status changes, stalls, new best checkpoints, stops.
 
 An event's id is a hash of what it means, never of when it was seen, so overlapping or restarted collectors that
 see the same thing write the same id and the ``events`` view shows it once (its earliest sighting):
@@ -8,7 +8,9 @@ see the same thing write the same id and the ``events`` view shows it once (its 
 - ``stall``: ``task_id|stall|<progress>``, when a Running task's progress has not moved for longer than the
   stall threshold (30 minutes by default);
 - ``best_checkpoint``: ``task_id|best_checkpoint|<metric>|<step>``, when a new checkpoint brings the task's
-  lowest training_loss, or lowest perplexity, below its previous lowest.
+  lowest training_loss, or lowest perplexity, below its previous lowest;
+- ``stop``: ``task_id|stop|<rule>``, when a stop rule of ``collect --stop-when`` trips on a running task
+  (derived after the round's writes, from its stored curve: ftlog/stopping.py).
 
 A task seen for the first time already in a terminal status counts as entering it, except in the first round
 over an empty dataset: that round is the baseline, so pointing ftlog at an old account does not replay history.

@@ -220,6 +220,10 @@ def describe(event: Event) -> tuple[str, list[str]]:
     elif kind == "stall":
         title = f"ftlog: {task} stalled at {d.get('progress'):g}%"
         lines = [f"no progress for {d.get('minutes'):g} minutes (since {d.get('since')})"]
+    elif kind == "stop":
+        verb = "stopping" if d.get("action") == "stop" else "stop advised for"
+        title = f"ftlog: {verb} {task} (rule {d.get('rule')})"
+        lines = [str(d.get("reason"))]
     else:
         metric = d.get("metric")
         title = f"ftlog: {task} new best {metric} {d.get('value'):.4g} at step {d.get('step')}"

@@ -27,15 +27,16 @@ from .redact import CONTROL, printable
 
 # As schema.TABLES, summary.SUMMARIZED, PRESENT_DIR, PRESENT_KEY and RUNNING_KEPT, and views.present_definitions
 # for the views that status reads, which those modules cannot share without pyarrow (tests/test_quick.py checks).
-TABLES = ("snapshots", "checkpoints", "polls", "events", "deliveries")
+TABLES = ("snapshots", "checkpoints", "polls", "events", "deliveries", "actions")
 SUMMARIZED = ("snapshots", "polls")
 PRESENT_DIR = ("_summary", "present")
 PRESENT_KEY = "ftlog.present"
 RUNNING_KEPT = timedelta(days=1)
-PRESENT_FILES = ("snapshots", "polls", "tasks", "reported_metrics", "latest_states")
+PRESENT_FILES = ("snapshots", "polls", "tasks", "reported_metrics", "latest_states", "status")
 PRESENT_VIEWS = {
     "tasks": "SELECT * FROM {tasks}",
     "_latest_states": "SELECT * FROM {latest_states}",
+    "_status": "SELECT * FROM {status}",
     "_current_changes": "SELECT * FROM {snapshots} WHERE in_view",
 }
 Row = tuple[Any, ...]

@@ -83,7 +83,7 @@ class PollRow(TypedDict):
     elapsed_ms: float
 
 
-EventKind = Literal["status", "stall", "best_checkpoint"]
+EventKind = Literal["status", "stall", "best_checkpoint", "stop"]
 
 
 class EventRow(TypedDict):
@@ -107,3 +107,27 @@ class StateRow(TypedDict):
     checkpoints: list[Point]  # in step order
     progress_since: datetime | None  # when the current status and progress were first seen (stall events)
     stall_reported: bool
+
+
+Action = Literal["stop", "continue"]
+Outcome = Literal["sent", "advised", "denied", "failed"]
+
+
+class ActionRow(TypedDict):
+    """An ``actions`` row (ftlog/act.py): a stop or continue sent or advised, and its outcome. ``request`` and
+    ``details`` are JSON text."""
+
+    action_id: str
+    task_id: str
+    job_id: str | None
+    action: Action
+    rule: str | None
+    command: Literal["stop", "continue", "collect"]
+    request: str
+    acted_at: datetime
+    outcome: Outcome
+    request_id: str | None
+    new_task_id: str | None
+    http_status: int | None
+    error: str | None
+    details: str | None

@@ -118,5 +118,7 @@ def _finite(value: float | None) -> bool:
 
 
 def _plain(value: float | None) -> float | str | None:
-    """A value as JSON can hold it: NaN and infinities as text."""
-    return value if value is None or math.isfinite(value) else str(value)
+    """A value as JSON can hold it: NaN and infinities as the text JavaScript and pandas read them from."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")

@@ -101,6 +101,26 @@ DELIVERIES = pa.schema(
         ("error", pa.string()),
     ]
 )
+# One row per stop or continue that ftlog sent or only advised, and its outcome (ftlog/act.py): who acted on a run,
+# and why. A rule's advice or stop, derived by every collector that trips it, carries the same action_id.
+ACTIONS = pa.schema(
+    [
+        ("action_id", pa.string()),  # a command's: fresh; a rule's: sha1 of task, action and rule (act.action_id)
+        ("task_id", pa.string()),
+        ("job_id", pa.string()),
+        ("action", pa.string()),  # 'stop' or 'continue'
+        ("rule", pa.string()),  # the stop rule as written in full; NULL for a command
+        ("command", pa.string()),  # 'stop', 'continue' or 'collect'
+        ("request", pa.string()),  # JSON text of the request body, secrets masked
+        ("acted_at", TS),  # the `actions` view calls it `at`
+        ("outcome", pa.string()),  # 'sent', 'advised' (nothing sent), 'denied' (AccessDenied) or 'failed'
+        ("request_id", pa.string()),
+        ("new_task_id", pa.string()),  # the task a continue created
+        ("http_status", pa.int32()),
+        ("error", pa.string()),
+        ("details", pa.string()),  # JSON text: the evidence of a rule, the step of a continue and how it was chosen
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -332,5 +352,8 @@ TABLES: dict[str, Table] = {
         Table("events", EVENTS, "observed_at", natural_key=("event_id", "observed_at"),
               one_per=("event_id",), first_by=("observed_at", "details")),
         Table("deliveries", DELIVERIES, "attempted_at", natural_key=("event_id", "target", "attempted_at", "outcome")),
+        # As for events, each outcome of an action shows once: its first sighting.
+        Table("actions", ACTIONS, "acted_at", natural_key=("action_id", "acted_at", "outcome"),
+              one_per=("action_id", "outcome"), first_by=("acted_at", "request_id", "details")),
     )
 }  # fmt: skip

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_state"  # the collector state files (ftlog/state.py): hidden from readers by the "_"
 OPEN_PARTITION_MAX_FILES = 48  # compact today's partition too once it holds this many files
 STALE_TMP = timedelta(hours=1)
+CLAIMS_DIR = "_claims"  # markers of actions taken once among collectors (Dataset.claim); readers skip "_" names
 MAX_LISTINGS = 5  # listings of a table until none of its files vanishes before it is read
 # Reading an object store through DuckDB (see _duckdb_filesystem): an object of up to WHOLE_OBJECT bytes is read in
 # one request, and a connection keeps up to OBJECT_CACHE bytes of those it has read.
@@ -291,6 +292,38 @@ class Dataset:
         missing = [name for name, info in zip(TABLES, found, strict=True) if info.type == pafs.FileType.NotFound]
         return [self.write_table(name, TABLES[name].schema.empty_table(), day, now) for name in missing]
 
+    def claim(self, name: str, now: datetime) -> bool:
+        """Take ``name`` (a path under ``_claims``, e.g. ``stop/<task hash>``) once among every writer of the dataset:
+        True for the one caller that took it, False for every other, now or later. Locally an exclusive create,
+        which the kernel settles. Object stores offer no such create through pyarrow: each caller puts a marker of
+        its own, named by its time and a random part, then lists the markers, and the first by name takes it; a
+        caller whose clock runs behind another's by more than the time between their claims could take it too, so
+        callers check the task's state again before acting (ftlog/stopping.py)."""
+        folder = self.path(CLAIMS_DIR, name)
+        try:
+            if self.is_local:
+                self.fs.create_dir(folder.rsplit("/", 1)[0], recursive=True)
+                try:
+                    os.close(os.open(folder, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                except FileExistsError:
+                    return False
+                return True
+            mine = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex}"
+            self.write_bytes(f"{folder}/{mine}", b"")
+            markers = sorted(info.base_name for info in self.listing(folder) if info.type == pafs.FileType.File)
+        except OSError as exc:
+            raise DataError(f"cannot write {folder}: {reason(exc, folder)}") from None
+        return markers[:1] == [mine]
+
+    def release(self, name: str) -> None:
+        """Give up a claim of :meth:`claim` (an action that failed and may be tried again): every marker goes."""
+        folder = self.path(CLAIMS_DIR, name)
+        if self.is_local:
+            self._delete_quietly(folder)
+        else:
+            with contextlib.suppress(OSError):
+                self.fs.delete_dir(folder)
+
     # -- reading ----------------------------------------------------------------------------------------------
     def partitions(self, name: str) -> dict[str, list[pafs.FileInfo]]:
         """``{"YYYY-MM-DD": [data files]}`` for one table; temporary and hidden files are never listed."""
@@ -489,7 +522,9 @@ def dedupe(name: str, table: pa.Table) -> pa.Table:
         result = arrow(con.sql(sql))
     finally:
         con.close()
-    return conform(result.sort_by([("task_id", "ascending"), (declared.time_column, "ascending")]), declared.schema)
+    # Task, time, then the rest of the key (a checkpoint's step): curves read back in order, and files compress better.
+    order = dict.fromkeys(["task_id", declared.time_column, *declared.natural_key])
+    return conform(result.sort_by([(column, "ascending") for column in order]), declared.schema)
 
 
 def _redact(location: str) -> str:

@@ -104,7 +104,7 @@ def recent_days(dataset: Dataset, name: str) -> tuple[Manifest, list[str]] | Non
 # while every file they name is still there and the new snapshots are all later (see refresh.py).
 PRESENT_DIR = f"{SUMMARY_DIR}/present"
 PRESENT_KEY = b"ftlog.present"
-MATERIALIZED = ("tasks", "reported_metrics", "_latest_states")
+MATERIALIZED = ("tasks", "reported_metrics", "_latest_states", "_status")
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def waiting_only(name: str, rows: pa.Table) -> pa.Table:
     """Tasks as first seen, before any checkpoint: what a dataset holds after a round over a fresh job."""
     if name == "snapshots":
         return rows.filter(pc.equal(rows.column("run_status"), "Waiting"))
-    return rows.slice(0, 0) if name in ("checkpoints", "events", "deliveries") else rows
+    return rows.slice(0, 0) if name in ("checkpoints", "events", "deliveries", "actions") else rows
 
 
 @pytest.fixture(scope="module")

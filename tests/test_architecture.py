@@ -90,9 +90,10 @@ def test_the_store_knows_nothing_of_the_views_or_the_collector_state() -> None:
         (rows.CheckpointRow, TABLES["checkpoints"].schema.names),
         (rows.PollRow, TABLES["polls"].schema.names),
         (rows.EventRow, TABLES["events"].schema.names),
+        (rows.ActionRow, TABLES["actions"].schema.names),
         (rows.StateRow, STATE.names),
     ],
-    ids=["snapshots", "checkpoints", "polls", "events", "state"],
+    ids=["snapshots", "checkpoints", "polls", "events", "actions", "state"],
 )
 def test_typed_rows_have_the_columns_of_their_table(row: type, columns: list[str]) -> None:
     keys = row.__required_keys__ | row.__optional_keys__  # type: ignore[attr-defined]

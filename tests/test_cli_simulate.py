@@ -33,7 +33,7 @@ def test_simulate_serves_until_interrupted() -> None:
             assert len(jobs) == 2
             assert len(list(client.iter_tasks(jobs[0]["jobId"]))) == 4
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=30) == 0
 
 
 def test_simulate_reports_a_busy_port() -> None:

@@ -37,6 +37,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import SECRET_AK, SECRET_SK
 
+from ftlog import act
 from ftlog.check import check
 from ftlog.cli import cli
 from ftlog.client import Credentials, QianfanClient, RetryPolicy
@@ -53,7 +54,7 @@ DAY1 = "date=2024-07-01"
 TASKS = tuple(f"task-damage{k:05d}" for k in range(3))
 # One column of each table rewritten as text: what another tool writing into the dataset might leave.
 RETYPED = {"snapshots": "run_progress", "checkpoints": "step", "polls": "http_status", "events": "observed_at",
-           "deliveries": "attempts"}  # fmt: skip
+           "deliveries": "attempts", "actions": "acted_at"}  # fmt: skip
 
 
 def script_round(sim: Simulator, n: int, status: str = "Running") -> None:
@@ -80,6 +81,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
             script_round(sim, n, "Done" if n == 3 else "Running")
             collect_round(client, dataset, Selection(task_ids=TASKS), now=lambda at=at: at, compact=False,
                           notifier=notifier)  # fmt: skip
+    for minute in (1, 2):  # a stop rule's advice, as two collectors record it
+        act.record(dataset, [act.advise(TASKS[0], rule="nan", now=T0 + timedelta(minutes=minute))])
     assert all(len(files(data, name, DAY1)) >= 2 for name in TABLES)
     return data
 

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from payloads import DONE, T0
 
+from ftlog import act
 from ftlog.cli import cli
 from ftlog.client import QianfanClient
 from ftlog.collect import Selection, after_round, run_round
@@ -154,16 +155,28 @@ def assert_same_views(data: Path | str, theirs: duckdb.DuckDBPyConnection, engin
     return counts
 
 
+def record_actions(sim: Simulator, client: QianfanClient, dataset: Dataset, at: datetime) -> None:
+    """Actions of every outcome, in two files of one day: a stop sent and one refused (the task has ended), and a
+    rule's advice recorded by two collectors, 20 seconds apart."""
+    sim.script("task-pstopped0001", {"taskId": "task-pstopped0001", "jobId": JOB, "runStatus": "Running"}, JOB)
+    act.record(dataset, [act.stop(client, "task-pstopped0001", JOB, now=at),
+                         act.stop(client, SHARED[0], JOB, now=at)])  # fmt: skip
+    evidence = {"steps": [32], "values": [0.75]}
+    act.record(dataset, [act.advise(ALL[0], JOB, rule="plateau:1:5", details=evidence, now=at + timedelta(seconds=s))
+                         for s in (20, 0)])  # fmt: skip
+
+
 @pytest.fixture
 def overlapped(sim: Simulator, client: QianfanClient, data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Two days of two overlapping collectors, one of which notifies two targets (one always fails). Day 1 is
-    then compacted; on day 2 a checkpoint value is revised, and its compaction is interrupted after writing the
-    merged files, their sources left in place."""
+    then compacted; on day 2 a checkpoint value is revised, actions are recorded, and the day's compaction is
+    interrupted after writing the merged files, their sources left in place."""
     dataset = Dataset(data)
     notifier = Notifier(targets_from(commands=["true", "false"]), attempts=1, backoff=0.01)
     overlapping_rounds(sim, client, dataset, DAY1, range(1, 4), notifier)
     assert dataset.compact(DAY2) > 0
     overlapping_rounds(sim, client, dataset, DAY2, range(4, LAST_VERSION + 1), notifier)
+    record_actions(sim, client, dataset, DAY2 + timedelta(hours=1))
     with monkeypatch.context() as patch:
         patch.setattr(Dataset, "_delete_quietly", lambda self, path: None)
         assert dataset.compact(DAY2 + timedelta(days=1)) > 0
@@ -202,6 +215,9 @@ def test_the_printed_views_return_exactly_ftlogs_rows(
         statuses = dict(con.sql("SELECT task_id, run_status FROM tasks").fetchall())
         assert statuses == {task: "Failed" if task == ALL[1] else "Done" for task in ALL}
         assert con.sql("SELECT DISTINCT outcome FROM deliveries ORDER BY 1").fetchall() == [("delivered",), ("failed",)]
+        outcomes = con.sql("SELECT outcome, count(*) FROM actions GROUP BY ALL ORDER BY 1").fetchall()
+        assert outcomes == [("advised", 1), ("failed", 1), ("sent", 1)]  # the advice once, at its first sighting
+        assert con.sql("SELECT DISTINCT second(\"at\") FROM actions WHERE outcome = 'advised'").fetchall() == [(0,)]
         counts = assert_same_views(overlapped, con, engine)
     assert counts["tasks"] == len(ALL) and counts["checkpoints"] == len(ALL) * LAST_VERSION
     assert all(counts[name] > 0 for name in VIEW_ORDER), counts
@@ -239,10 +255,10 @@ def test_a_dataset_missing_tables_and_columns_reads_alike(
     odd = "older [1]{a,b}*?.parquet"  # a file of the declared schema under a name that is a glob
     write_old_file(data / "polls" / "date=2024-03-01", pa.Table.from_pylist(polls[2:], TABLES["polls"].schema), odd)
     (data / "polls" / "date=2024-03-01" / "20240301T235959000000-damaged0.parquet").write_bytes(b"PAR1 not parquet")
-    assert not any((data / name).exists() for name in ("events", "deliveries"))
+    assert not any((data / name).exists() for name in ("events", "deliveries", "actions"))
 
     script = sql_script(data, engine)
-    for name in ("events", "deliveries"):
+    for name in ("events", "deliveries", "actions"):
         assert f"-- {name}: no usable files yet, so _{name} is empty" in script
     assert "-- polls: some files are left out" in script and "damaged0" not in script
     with their_session(engine, script, request, tmp_path / "out") as con:
@@ -250,8 +266,8 @@ def test_a_dataset_missing_tables_and_columns_reads_alike(
         assert con.sql("SELECT count(superseded), count(*) FROM _checkpoints").fetchall() == [(0, 6)]
         assert con.sql("SELECT count(*) FROM metric_values").fetchall() == [(3 * len(DONE["metrics"]),)]
         counts = assert_same_views(data, con, engine)
-    assert {name: counts[name] for name in ("snapshots", "checkpoints", "polls", "events", "deliveries")} == {
-        "snapshots": 3, "checkpoints": 2 * 3, "polls": 3, "events": 0, "deliveries": 0
+    assert {name: counts[name] for name in TABLES} == {
+        "snapshots": 3, "checkpoints": 2 * 3, "polls": 3, "events": 0, "deliveries": 0, "actions": 0
     }  # fmt: skip
 
 

@@ -44,7 +44,7 @@ def test_nan_trips_on_the_first_value_that_is_not_finite() -> None:
     rule = parse("nan")
     assert evaluate(rule, [1, 2], [1.0, 0.9], [2.7, 2.5]) is None
     trip = evaluate(rule, [1, 2, 3], [1.0, math.nan, 0.8], [2.7, 2.5, math.inf])
-    assert trip is not None and trip.evidence == {"step": 2, "training_loss": "nan", "perplexity": 2.5}
+    assert trip is not None and trip.evidence == {"step": 2, "training_loss": "NaN", "perplexity": 2.5}
     trip = evaluate(rule, [5], [0.5], [None])
     assert trip is not None and trip.evidence["step"] == 5, "a missing perplexity is not finite either"
 

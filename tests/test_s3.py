@@ -176,7 +176,7 @@ def test_sql_script_for_object_storage_names_its_objects_and_what_duckdb_needs(
 ) -> None:
     script, comments = printed_for_bucket(s3, sim, "duckdb")
     assert "httpfs" in comments and "CREATE SECRET" in comments  # what a plain session needs
-    for table in ("snapshots", "checkpoints", "polls", "events", "deliveries"):
+    for table in ("snapshots", "checkpoints", "polls", "events", "deliveries", "actions"):
         assert f"read_parquet('{s3}/{table}/date=*/[!._]*.parquet'" in script
 
     # The same statements over a copy of the objects on disk give ftlog's answers over the bucket.
@@ -195,7 +195,7 @@ def test_spark_statements_for_object_storage_name_s3a_and_what_spark_needs(
     for needed in ("hadoop-aws", "fs.s3a.endpoint", "fs.s3a.path.style.access", "fs.s3a.access.key"):
         assert needed in comments, needed
     s3a = "s3a://" + s3.removeprefix("s3://")
-    for table in ("snapshots", "checkpoints", "polls", "events", "deliveries"):
+    for table in ("snapshots", "checkpoints", "polls", "events", "deliveries", "actions"):
         assert f"OPTIONS (path '{s3a}/{table}/date=*/[!._]*.parquet', basePath '{s3a}/{table}')" in script
 
     # The same statements over a copy of the objects on disk (Spark's s3a module is not on PyPI) give ftlog's rows.
