@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ STATE_DIR = "_state"  # the collector state files (ftlog/state.py): hidden from 
 OPEN_PARTITION_MAX_FILES = 48  # compact today's partition too once it holds this many files
 STALE_TMP = timedelta(hours=1)
 CLAIMS_DIR = "_claims"  # markers of actions taken once among collectors (Dataset.claim); readers skip "_" names
+CLAIM_SETTLE = 1.0  # seconds an object-store claim waits for markers still on their way (Dataset.claim)
 MAX_LISTINGS = 5  # listings of a table until none of its files vanishes before it is read
 # Reading an object store through DuckDB (see _duckdb_filesystem): an object of up to WHOLE_OBJECT bytes is read in
 # one request, and a connection keeps up to OBJECT_CACHE bytes of those it has read.
@@ -296,9 +298,10 @@ class Dataset:
         """Take ``name`` (a path under ``_claims``, e.g. ``stop/<task hash>``) once among every writer of the dataset:
         True for the one caller that took it, False for every other, now or later. Locally an exclusive create,
         which the kernel settles. Object stores offer no such create through pyarrow: each caller puts a marker of
-        its own, named by its time and a random part, then lists the markers, and the first by name takes it; a
-        caller whose clock runs behind another's by more than the time between their claims could take it too, so
-        callers check the task's state again before acting (ftlog/stopping.py)."""
+        its own, named by its time and a random part, then lists the markers, and the first to land (by the
+        store's clock, then by name) takes it if it is still first a moment later (a marker may land after this
+        caller's listing). Within one second of the store's clock the callers' clocks decide, so callers check the
+        task's state again before acting (ftlog/stopping.py)."""
         folder = self.path(CLAIMS_DIR, name)
         try:
             if self.is_local:
@@ -310,10 +313,19 @@ class Dataset:
                 return True
             mine = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex}"
             self.write_bytes(f"{folder}/{mine}", b"")
-            markers = sorted(info.base_name for info in self.listing(folder) if info.type == pafs.FileType.File)
+            if self._first_marker(folder) != mine:
+                return False
+            time.sleep(CLAIM_SETTLE)
+            return self._first_marker(folder) == mine
         except OSError as exc:
             raise DataError(f"cannot write {folder}: {reason(exc, folder)}") from None
-        return markers[:1] == [mine]
+
+    def _first_marker(self, folder: str) -> str | None:
+        """The marker that landed first: by the store's own time of each (one clock for every caller, to the
+        second), then by name (the caller's time)."""
+        markers = [info for info in self.listing(folder) if info.type == pafs.FileType.File]
+        first = min(markers, key=lambda info: (info.mtime_ns or 0, info.base_name), default=None)
+        return first.base_name if first else None
 
     def release(self, name: str) -> None:
         """Give up a claim of :meth:`claim` (an action that failed and may be tried again): every marker goes."""

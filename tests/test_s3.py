@@ -339,3 +339,37 @@ def test_serve_answers_from_object_storage_and_sees_new_rounds(s3: str, sim: Sim
         server.server_close()
         server.app.live.close()
         client.close()
+
+
+def test_stop_claims_on_object_storage(s3: str) -> None:
+    dataset = Dataset(s3)
+    moment = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    assert dataset.claim("stop/abc", moment) is True
+    assert dataset.claim("stop/abc", moment + timedelta(seconds=1)) is False
+    time.sleep(1.1)  # the store's clock (to the second) ranks a later claim last, whatever the claimant's clock says
+    assert dataset.claim("stop/abc", moment - timedelta(hours=1)) is False
+    dataset.release("stop/abc")
+    assert dataset.claim("stop/abc", moment) is True
+
+
+def test_two_collectors_on_object_storage_stop_a_task_once(s3: str) -> None:
+    with Simulator(seed=12, jobs=1, tasks_per_job=1, credentials={SECRET_AK: SECRET_SK}) as sim:
+        tasks = [f"task-s3nan{n:06d}" for n in range(3)]
+        for task in tasks:
+            points = [{"step": 10, "trainingLoss": 1.0, "perplexity": 2.0},
+                      {"step": 20, "trainingLoss": None, "perplexity": None}]  # fmt: skip
+            sim.script(task, {"taskId": task, "jobId": "job-s3nan0001", "runStatus": "Running", "runProgress": "20%",
+                              "checkpointList": points}, job_id="job-s3nan0001")  # fmt: skip
+        env = {**os.environ, "QIANFAN_ACCESS_KEY": SECRET_AK, "QIANFAN_SECRET_KEY": SECRET_SK,
+               "QIANFAN_CONSOLE_API_BASE_URL": sim.url, "FTLOG_RPS": "500"}  # fmt: skip
+        command = [sys.executable, "-m", "ftlog", "collect", "--job", "job-s3nan0001", "--stop-when", "nan",
+                   "--stop-tasks", "--data", s3]  # fmt: skip
+        procs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        stopped = sorted(body["taskId"] for action, body in sim.actions if action == "StopFineTuningTask")
+        assert stopped == tasks
+        with connect(s3) as con:
+            sent = con.execute("SELECT task_id FROM actions WHERE outcome = 'sent' ORDER BY task_id").fetchall()
+        assert [task for (task,) in sent] == tasks

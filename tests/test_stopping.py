@@ -242,3 +242,18 @@ def test_the_command_line(server: Simulator, data: Path, monkeypatch: pytest.Mon
     assert shown.output.splitlines()[1:] == ["task-clinan0001,sent,nan"]
     listed = runner.invoke(cli, ["events", "--kind", "stop", "--format", "json", "--data", str(data)])
     assert [event["task_id"] for event in json.loads(listed.output)] == ["task-clinan0001"]
+
+
+def test_a_stop_rule_that_cannot_be_applied_leaves_the_round_alone(
+    server: Simulator, dataset: Dataset, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    script(server, "task-noclaim001", [1.0, math.nan])
+    Path(dataset.root).mkdir(parents=True)
+    Path(dataset.root, "_claims").write_text("the user's own file, where ftlog keeps its claims")
+    with caplog.at_level(logging.WARNING):
+        result = round_of(server, dataset, clock, "nan", act=True)
+    assert result.changed == 1 and result.stops is None
+    assert "stop rules not applied this round: cannot write" in caplog.text
+    assert stops_sent(server) == []
+    assert query(dataset, "SELECT count(*) FROM snapshots") == [(1,)]  # the round's data is stored
+    assert Path(dataset.root, "_claims").read_text().startswith("the user's own file")
