@@ -218,8 +218,18 @@ class QianfanClient:
         return answer
 
     def stop_task(self, task_id: str) -> Answer:
-        """StopFineTuningTask. Retried like a read: stopping a task twice stops it once."""
-        return self.call("StopFineTuningTask", {"taskId": task_id})
+        """StopFineTuningTask. Retried like a read: stopping a task twice stops it once. The result is ``true``;
+        anything else (``false``, which a server may answer for a task it cannot stop) is an error."""
+        answer = self.call("StopFineTuningTask", {"taskId": task_id})
+        if answer.result is not True:
+            raise ApiError(
+                f"StopFineTuningTask: the answer is {json.dumps(answer.result)[:100]}, not true: {task_id} was not "
+                "stopped",
+                status=answer.status,
+                request_id=answer.request_id,
+                retryable=False,
+            )
+        return answer
 
     def create_task(self, body: Mapping[str, Any]) -> Answer:
         """CreateFineTuningTask, sent once and never retried: a retry after a lost answer could start a second

@@ -473,3 +473,18 @@ def test_a_dataset_without_an_actions_folder_reads_as_no_actions(collected: Path
     assert run("check", "--data", str(collected)).exit_code == 0
     script = run("sql", "--engine", "duckdb", "--data", str(collected))
     assert "-- actions: no usable files yet, so _actions is empty" in script.stdout
+
+
+def test_a_stop_answered_false_is_not_taken_for_a_stop(
+    collected: Path, env: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hostile import HostileProxy
+
+    answer_false = {"StopFineTuningTask": lambda handler, raw: handler.send_json({"requestId": "r-0", "result": False})}
+    with HostileProxy(env, answer_false) as proxy:
+        monkeypatch.setenv("QIANFAN_CONSOLE_API_BASE_URL", proxy.url)
+        result = run("stop", RUNNING, "--yes", "--data", str(collected))
+    assert f"{RUNNING} was not stopped" in error_line(result)
+    assert proxy.requests["StopFineTuningTask"] == 1  # an answer, not a fault: not retried
+    [row] = actions(collected, "outcome, request_id, error")
+    assert (row["outcome"], row["request_id"]) == ("failed", "r-0") and "the answer is false" in row["error"]
