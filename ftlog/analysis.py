@@ -550,3 +550,17 @@ def events(
     where = " AND ".join(clauses)
     sql = f'SELECT "at", task_id, kind, details, event_id FROM events WHERE {where} ORDER BY "at", task_id, kind'
     return _frame(source, sql, params)
+
+
+def actions(source: Source, *, tasks: Sequence[str] | None = None, jobs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every stop and continue ftlog sent or only advised (the ``actions`` view), oldest first: who acted on a
+    run, and why. ``request`` and ``details`` are JSON text.
+
+    Columns: those of the ``actions`` view: ``action_id``, ``task_id``, ``job_id``, ``action``, ``rule``,
+    ``command``, ``request`` (``str``), ``at`` (``datetime64[us, UTC]``), ``outcome``, ``request_id``,
+    ``new_task_id`` (``str``), ``http_status`` (``Int32``), ``error``, ``details`` (``str``).
+
+    >>> actions("data")[["at", "task_id", "action", "rule", "outcome"]]  # doctest: +SKIP
+    """
+    where, params = _task_filter(tasks, jobs, alias="a")
+    return _frame(source, f'SELECT * FROM actions a WHERE {where} ORDER BY "at", task_id, action_id', params)

@@ -294,6 +294,34 @@ def health_table(flags: pd.DataFrame, latest: pd.DataFrame) -> Table:
     return table
 
 
+def actions_table(frame: pd.DataFrame, latest: pd.DataFrame) -> Table:
+    """Every stop and continue sent or advised, newest first: who acted on a run, and why."""
+    table = Table(_columns("When (UTC)", "Job", "Task", "Action", "Why", "Outcome", "Result"))
+    names = latest.set_index("task_id")["job_name"]
+    for row in frame.iloc[::-1].itertuples(index=False):
+        why = f"rule {row.rule}" if not _missing(row.rule) else f"ftlog {row.command}"
+        if row.outcome == "sent":
+            result = (
+                f"new task {row.new_task_id}" if not _missing(row.new_task_id) else f"request {text(row.request_id)}"
+            )
+        elif row.outcome == "advised":
+            result = "nothing sent"
+        else:
+            result = text(row.error)
+        table.rows.append(
+            [
+                Cell(when(row.at), css="key"),
+                Cell(text(names.get(row.task_id, row.job_id)), css="key"),
+                Cell(text(row.task_id), css="mono"),
+                Cell(text(row.action)),
+                Cell(text(why), css="mono"),
+                Cell(text(row.outcome), css="warn" if row.outcome in ("denied", "failed") else ""),
+                Cell(text(result), css="message"),
+            ]
+        )
+    return table
+
+
 def _with_columns(frame: pd.DataFrame, latest: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Add the task columns a frame lacks (e.g. ``run_status`` for grouping curves by status)."""
     missing = [c for c in columns if c not in frame.columns]
@@ -506,4 +534,5 @@ def _fill(
         running=running_table(latest, estimates, now),
         health=health_table(flags, latest),
         checked=len(flags),
+        actions=actions_table(analysis.actions(con, tasks=tasks, jobs=jobs), latest),
     )

@@ -26,7 +26,7 @@ import pytest
 from conftest import SECRET_AK, SECRET_SK
 from report_data import RUNNING_TASK, build_dataset
 
-from ftlog import analysis
+from ftlog import act, analysis
 from ftlog.client import Credentials, QianfanClient, RetryPolicy
 from ftlog.collect import Selection, collect_round
 from ftlog.simulator import Simulator
@@ -50,6 +50,7 @@ HELPERS: dict[str, Helper] = {
     "health": analysis.health,
     "status": lambda con: analysis.status(con, now=NOW),
     "events": analysis.events,
+    "actions": analysis.actions,
 }
 CONTRACT = {analysis.TIME, analysis.FLAG, analysis.COUNT, analysis.NUMBER, analysis.TEXT}
 SUMMARY = ("last_step", "final_loss", "best_loss", "final_perplexity", "best_perplexity")
@@ -81,6 +82,11 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("types")
     populated = root / "populated"
     build_dataset(populated, seed=5, jobs=2, tasks_per_job=2, speed=2000)
+    # A stop advised and one sent, as `collect --stop-when` and `ftlog stop` record them.
+    advised = act.advise(RUNNING_TASK, "job-x", rule="nan", details={"evidence": {"step": 1}}, now=NOW)
+    sent = {**act.advise(RUNNING_TASK, "job-x", rule="plateau:1:5", now=NOW), "outcome": "sent", "http_status": 200,
+            "request_id": "r-1", "command": "stop"}  # fmt: skip
+    act.record(Dataset(populated), [advised, sent])
     (root / "no rows" / "snapshots").mkdir(parents=True)
     return {
         "populated": populated,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 import subprocess
 import sys
 import warnings
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,10 +17,11 @@ import pytest
 from report_data import RUNNING_NAME, RUNNING_TASK, XSS_MESSAGE, XSS_NAME, XSS_TASK, Population, build_dataset
 
 import ftlog
-from ftlog import analysis, plots
+from ftlog import act, analysis, plots
 from ftlog.demo import MARKER, prepare_data_dir
 from ftlog.errors import FtlogError
 from ftlog.report import FIGURE_FILES, MANIFEST, write_report
+from ftlog.store import Dataset
 
 
 class Page(HTMLParser):
@@ -258,3 +261,28 @@ def test_cli_report_static_flag(population: tuple[Path, Population], tmp_path: P
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert ("<script>" in (out / "index.html").read_text(encoding="utf-8")) is scripted
+
+
+def test_actions_section_shows_who_acted_and_why(
+    population: tuple[Path, Population], report: tuple[Path, str], tmp_path: Path
+) -> None:
+    assert "ftlog has not stopped, continued or advised stopping any of these tasks." in section(report[1], "actions")
+    data = tmp_path / "data"
+    shutil.copytree(population[0], data)
+    start = datetime(2026, 3, 1, 8, tzinfo=timezone.utc)
+    advised = act.advise(RUNNING_TASK, None, rule="diverged:1.5:3", now=start)
+    continued = {**act.advise(RUNNING_TASK, None, rule="x", now=start + timedelta(minutes=1)), "rule": None,
+                 "action": "continue", "command": "continue", "outcome": "sent",
+                 "new_task_id": "task-newone00001"}  # fmt: skip
+    denied = {**act.advise(RUNNING_TASK, None, rule="y", now=start + timedelta(minutes=2)), "rule": None,
+              "command": "stop", "outcome": "denied", "error": "AccessDenied <script>alert(1)</script>"}  # fmt: skip
+    act.record(Dataset(data), [advised, continued, denied])
+    html = write_report(data, tmp_path / "out").read_text(encoding="utf-8")
+    rows = re.findall(r"<tr>(.*?)</tr>", section(html, "actions"), re.S)
+    cells = [found for row in rows if (found := re.findall(r"<td[^>]*>(.*?)</td>", row, re.S))]
+    assert [(c[2], c[3], c[4], c[5], c[6]) for c in cells] == [
+        (RUNNING_TASK, "stop", "ftlog stop", "denied", "AccessDenied &lt;script&gt;alert(1)&lt;/script&gt;"),
+        (RUNNING_TASK, "continue", "ftlog continue", "sent", "new task task-newone00001"),
+        (RUNNING_TASK, "stop", "rule diverged:1.5:3", "advised", "nothing sent"),
+    ]
+    assert "<script>alert(1)" not in html
